@@ -1,0 +1,118 @@
+"""Energy metering: codecarbon's offline tracker for CPU/RAM (and GPU without NVML counters),
+NVML total-energy counters for GPUs; degrades to ``none`` without raising."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+log = logging.getLogger("xlog")
+DEFAULT_COUNTRY = "USA"
+
+
+class EnergyMeter:
+    """Start once, stop once. Never raises: failures end up as ``energy_source='none'``."""
+
+    def __init__(self, use_codecarbon: bool = True, use_nvml: bool = True,
+                 country_iso_code: str | None = None):
+        self.use_codecarbon = use_codecarbon
+        self.use_nvml = use_nvml
+        self.country = (country_iso_code or os.environ.get("XLOG_COUNTRY_ISO_CODE") or DEFAULT_COUNTRY).upper()
+        self._tracker = None
+        self._tracker_t0: float | None = None
+        self._thread: threading.Thread | None = None
+        self._nvml_handles: list = []
+        self._nvml_start: list[int] = []
+        self._t0: float | None = None
+        self.errors: list[str] = []
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        if self.use_nvml:
+            self._start_nvml()
+        if self.use_codecarbon:
+            # codecarbon's start probes hardware for about 2 s; a thread keeps that off the
+            # training's critical path. Seconds it missed are accounted for in stop().
+            self._thread = threading.Thread(target=self._start_codecarbon, name="xlog-energy", daemon=True)
+            self._thread.start()
+
+    def _start_nvml(self) -> None:
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            idx = list(range(pynvml.nvmlDeviceGetCount()))
+            if visible:
+                keep = [int(x) for x in visible.split(",") if x.strip().isdigit()]
+                idx = [i for i in idx if i in keep] if keep else idx
+            for i in idx:
+                h = pynvml.nvmlDeviceGetHandleByIndex(i)
+                self._nvml_start.append(pynvml.nvmlDeviceGetTotalEnergyConsumption(h))  # mJ
+                self._nvml_handles.append(h)
+        except Exception as exc:
+            self._nvml_handles, self._nvml_start = [], []
+            self.errors.append(f"nvml: {type(exc).__name__}")
+
+    def _start_codecarbon(self) -> None:
+        try:
+            from codecarbon import OfflineEmissionsTracker
+            cc_log = logging.getLogger("codecarbon")
+            cc_log.setLevel(logging.ERROR)
+            tracker = OfflineEmissionsTracker(country_iso_code=self.country, save_to_file=False,
+                                              log_level="error", measure_power_secs=15,
+                                              tracking_mode="process" if not self._nvml_handles else "machine",
+                                              allow_multiple_runs=True)
+            tracker.start()
+            self._tracker_t0 = time.monotonic()
+            self._tracker = tracker
+        except Exception as exc:
+            self._tracker = None
+            self.errors.append(f"codecarbon: {type(exc).__name__}: {exc}")
+
+    def stop(self) -> dict[str, Any]:
+        """energy_* fields of the record."""
+        end = time.monotonic()
+        wall = end - (self._t0 or end)
+        out: dict[str, Any] = {"energy_source": "none"}
+        gpu_kwh = None
+        if self._nvml_handles:
+            try:
+                import pynvml
+                mj = sum(pynvml.nvmlDeviceGetTotalEnergyConsumption(h) - s
+                         for h, s in zip(self._nvml_handles, self._nvml_start))
+                gpu_kwh = mj / 3.6e9
+            except Exception as exc:
+                self.errors.append(f"nvml: {type(exc).__name__}")
+            finally:
+                try:
+                    pynvml.nvmlShutdown()
+                except Exception:
+                    pass
+        cc = None
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            if self._tracker is not None:
+                try:
+                    self._tracker.stop()
+                    cc = self._tracker.final_emissions_data
+                except Exception as exc:
+                    self.errors.append(f"codecarbon: {type(exc).__name__}: {exc}")
+        if cc is not None:
+            measured = max(time.monotonic() - (self._tracker_t0 or end), 1e-9)
+            # Scale CPU/RAM energy to the whole run at the mean power measured.
+            scale = max(wall, measured) / measured if measured > 0.5 else 1.0
+            cpu = float(cc.cpu_energy) * scale
+            ram = float(cc.ram_energy) * scale
+            if gpu_kwh is None and cc.gpu_energy:
+                gpu_kwh = float(cc.gpu_energy) * scale
+            total = cpu + ram + (gpu_kwh or 0.0)
+            intensity = (float(cc.emissions) / float(cc.energy_consumed)) if cc.energy_consumed else None
+            out.update(energy_source="codecarbon+nvml" if self._nvml_handles and gpu_kwh is not None else "codecarbon",
+                       energy_cpu_kwh=cpu, energy_ram_kwh=ram, energy_gpu_kwh=gpu_kwh, energy_kwh=total,
+                       energy_co2_kg=total * intensity if intensity is not None else None,
+                       energy_country_iso_code=self.country, energy_measured_s=min(measured, wall) if wall else measured)
+        elif gpu_kwh is not None:
+            out.update(energy_source="nvml", energy_gpu_kwh=gpu_kwh, energy_kwh=gpu_kwh, energy_measured_s=wall)
+        return out

@@ -1,0 +1,270 @@
+"""The record schema: loaded from the canonical JSON Schema in ``schema/``; Arrow schema and
+validator are derived from it so that there is one source of truth."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+
+CURRENT_VERSION = 1
+STATUSES = ("completed", "failed", "oom", "timeout", "interrupted")
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    json_type: str  # string | integer | number | boolean | array | object
+    required: bool
+    description: str
+    unit: str | None
+    group: str
+    fmt: str | None
+    enum: tuple | None
+    minimum: float | None
+    maximum: float | None
+
+
+@lru_cache(maxsize=None)
+def load_json_schema(version: int = CURRENT_VERSION) -> dict:
+    """Return the JSON Schema document of a record schema version."""
+    path = resources.files("xlog.schema_files").joinpath(f"record_v{version}.json")
+    if not path.is_file():
+        raise ValueError(f"unknown record schema version {version}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@lru_cache(maxsize=None)
+def fields(version: int = CURRENT_VERSION) -> tuple[Field, ...]:
+    doc = load_json_schema(version)
+    required = set(doc.get("required", []))
+    out = []
+    for name, p in doc["properties"].items():
+        types = p["type"] if isinstance(p["type"], list) else [p["type"]]
+        json_type = next(t for t in types if t != "null")
+        enum = tuple(e for e in p["enum"] if e is not None) if "enum" in p else None
+        out.append(Field(name, json_type, name in required, p.get("description", ""),
+                         p.get("unit"), p.get("group", ""), p.get("format"), enum,
+                         p.get("minimum"), p.get("maximum")))
+    return tuple(out)
+
+
+def field_names(version: int = CURRENT_VERSION) -> list[str]:
+    return [f.name for f in fields(version)]
+
+
+def _arrow_type(f: Field) -> pa.DataType:
+    if f.json_type == "string":
+        return pa.timestamp("us", tz="UTC") if f.fmt == "date-time" else pa.string()
+    if f.json_type == "integer":
+        return pa.int64()
+    if f.json_type == "number":
+        return pa.float64()
+    if f.json_type == "boolean":
+        return pa.bool_()
+    if f.json_type == "array":
+        return pa.list_(pa.string())
+    if f.json_type == "object":
+        return pa.map_(pa.string(), pa.float64())
+    raise ValueError(f"no Arrow type for JSON type {f.json_type!r} of field {f.name}")
+
+
+@lru_cache(maxsize=None)
+def arrow_schema(version: int = CURRENT_VERSION) -> pa.Schema:
+    """The Arrow schema of a record version, with description and unit as field metadata."""
+    return pa.schema(
+        [pa.field(f.name, _arrow_type(f), nullable=not f.required,
+                  metadata={"description": f.description, "unit": f.unit or ""})
+         for f in fields(version)],
+        metadata={"xlog.schema_version": str(version)},
+    )
+
+
+class ValidationError(ValueError):
+    """A record or file does not match the schema; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[str], where: str = "record"):
+        self.problems = problems
+        super().__init__(f"{where} is not a valid xlog record: " + "; ".join(problems))
+
+
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def _check_value(f: Field, v: Any) -> str | None:
+    t = f.json_type
+    if t == "string":
+        if f.fmt == "date-time":
+            if isinstance(v, datetime):
+                if v.tzinfo is None:
+                    return f"{f.name}: datetime must be timezone-aware (UTC)"
+                return None
+            if isinstance(v, str):
+                try:
+                    datetime.fromisoformat(v.replace("Z", "+00:00"))
+                    return None
+                except ValueError:
+                    return f"{f.name}: {v!r} is not an ISO-8601 date-time"
+            return f"{f.name}: expected a date-time, got {type(v).__name__}"
+        if not isinstance(v, str):
+            return f"{f.name}: expected a string, got {type(v).__name__}"
+        if f.fmt == "uuid" and not _UUID_RE.match(v):
+            return f"{f.name}: {v!r} is not a UUID"
+    elif t == "integer":
+        if isinstance(v, bool) or not isinstance(v, int):
+            if not (hasattr(v, "dtype") and str(getattr(v, "dtype")).startswith(("int", "uint"))):
+                return f"{f.name}: expected an integer, got {type(v).__name__} {v!r}"
+    elif t == "number":
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"{f.name}: expected a number, got {type(v).__name__} {v!r}"
+        if not math.isfinite(float(v)):
+            return f"{f.name}: {v!r} is not a finite number (store null for unknown values)"
+    elif t == "boolean":
+        if not isinstance(v, bool):
+            return f"{f.name}: expected true/false, got {type(v).__name__} {v!r}"
+    elif t == "array":
+        if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
+            return f"{f.name}: expected a list of strings"
+    elif t == "object":
+        items = v.items() if isinstance(v, Mapping) else v if isinstance(v, list) else None
+        if items is None:
+            return f"{f.name}: expected a mapping of metric name to number"
+        for k, x in items:
+            if not isinstance(k, str):
+                return f"{f.name}: key {k!r} is not a string"
+            if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x)):
+                return f"{f.name}[{k}]: {x!r} is not a finite number"
+    if f.enum is not None and v not in f.enum:
+        return f"{f.name}: {v!r} is not one of {', '.join(map(str, f.enum))}"
+    if t in ("integer", "number"):
+        if f.minimum is not None and v < f.minimum:
+            return f"{f.name}: {v!r} is below the minimum {f.minimum}"
+        if f.maximum is not None and v > f.maximum:
+            return f"{f.name}: {v!r} is above the maximum {f.maximum}"
+    return None
+
+
+def validate_record(rec: Mapping[str, Any], version: int | None = None) -> list[str]:
+    """Return the list of problems of one record (empty when valid)."""
+    problems: list[str] = []
+    version = version or rec.get("schema_version") or CURRENT_VERSION
+    try:
+        fs = fields(int(version))
+    except (ValueError, TypeError):
+        return [f"schema_version: unknown version {version!r}"]
+    known = {f.name for f in fs}
+    for k in rec:
+        if k not in known:
+            problems.append(f"{k}: not a field of schema version {version}")
+    for f in fs:
+        v = rec.get(f.name)
+        if v is None:
+            if f.required:
+                problems.append(f"{f.name}: required field is missing")
+            continue
+        p = _check_value(f, v)
+        if p:
+            problems.append(p)
+    return problems
+
+
+def check_record(rec: Mapping[str, Any]) -> None:
+    problems = validate_record(rec)
+    if problems:
+        raise ValidationError(problems, where=f"record {rec.get('record_id', '?')}")
+
+
+def validate_table(table: pa.Table) -> list[str]:
+    """Validate an Arrow table read from Parquet: column types and every row's values."""
+    problems: list[str] = []
+    if "schema_version" not in table.column_names:
+        return ["schema_version: column is missing"]
+    versions = set(table.column("schema_version").to_pylist())
+    for version in versions:
+        try:
+            expected = arrow_schema(int(version))
+        except (ValueError, TypeError):
+            problems.append(f"schema_version: unknown version {version!r}")
+            continue
+        for name in table.column_names:
+            if name not in expected.names:
+                problems.append(f"{name}: not a field of schema version {version}")
+                continue
+            want = expected.field(name).type
+            got = table.schema.field(name).type
+            if not _compatible(got, want):
+                problems.append(f"{name}: column type {got} does not match the schema type {want}")
+    if problems:
+        return problems
+    for i, row in enumerate(table_to_records(table)):
+        for p in validate_record(row):
+            problems.append(f"row {i}: {p}")
+    return problems
+
+
+def _compatible(got: pa.DataType, want: pa.DataType) -> bool:
+    if got.equals(want) or pa.types.is_null(got):
+        return True
+    if pa.types.is_integer(want) and pa.types.is_integer(got):
+        return True
+    if pa.types.is_floating(want) and (pa.types.is_floating(got) or pa.types.is_integer(got)):
+        return True
+    if pa.types.is_timestamp(want) and pa.types.is_timestamp(got):
+        return True
+    if pa.types.is_string(want) and (pa.types.is_large_string(got) or pa.types.is_string(got)):
+        return True
+    if pa.types.is_list(want) and (pa.types.is_list(got) or pa.types.is_large_list(got)):
+        return True
+    if pa.types.is_map(want) and pa.types.is_map(got):
+        return True
+    return False
+
+
+def table_to_records(table: pa.Table) -> list[dict]:
+    """Rows of an Arrow table as record dicts (maps become dicts)."""
+    rows = table.to_pylist()
+    for row in rows:
+        for k, v in row.items():
+            if isinstance(v, list) and v and isinstance(v[0], tuple):
+                row[k] = dict(v)
+    return rows
+
+
+def records_to_table(records: Iterable[Mapping[str, Any]], version: int = CURRENT_VERSION) -> pa.Table:
+    """Build an Arrow table in the schema's column order; missing fields become null."""
+    schema = arrow_schema(version)
+    cols: dict[str, list] = {name: [] for name in schema.names}
+    for rec in records:
+        for name in schema.names:
+            v = rec.get(name)
+            if isinstance(v, str) and pa.types.is_timestamp(schema.field(name).type):
+                v = datetime.fromisoformat(v.replace("Z", "+00:00"))
+            if isinstance(v, Mapping):
+                v = list(v.items())
+            cols[name].append(v)
+    return pa.table({n: pa.array(cols[n], type=schema.field(n).type) for n in schema.names}, schema=schema)
+
+
+def new_record_id() -> str:
+    return str(uuid.uuid4())
+
+
+def markdown_table(version: int = CURRENT_VERSION) -> str:
+    """The field reference as a Markdown table, generated from the schema (used in the README)."""
+    lines = ["| field | type | unit | description |", "|---|---|---|---|"]
+    group = None
+    for f in fields(version):
+        if f.group != group:
+            group = f.group
+            lines.append(f"| **{group}** | | | |")
+        t = f.json_type + (" (" + f.fmt + ")" if f.fmt else "") + (", required" if f.required else "")
+        desc = f.description + (" One of: " + ", ".join(f"`{e}`" for e in f.enum) + "." if f.enum else "")
+        lines.append(f"| `{f.name}` | {t} | {f.unit or ''} | {desc.replace('|', '/')} |")
+    return "\n".join(lines)

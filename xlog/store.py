@@ -1,0 +1,169 @@
+"""The local experience store: a directory of Parquet files, one record per captured run.
+
+Layout under the root (``$XLOG_HOME``, default ``~/.cache/xlog``)::
+
+    records/YYYY-MM/<record_id>.parquet   captured and imported runs (one row per file)
+    quarantine/...                        files that failed to parse or validate, with a .reason.txt
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import schema as S
+
+log = logging.getLogger("xlog")
+
+RECORDS_DIR = "records"
+QUARANTINE_DIR = "quarantine"
+
+
+class QuarantineWarning(UserWarning):
+    """A store file could not be read or validated and was moved to the quarantine folder."""
+
+
+def default_root() -> Path:
+    """``$XLOG_HOME`` if set, else ``$XDG_CACHE_HOME/xlog`` or ``~/.cache/xlog``."""
+    env = os.environ.get("XLOG_HOME")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "xlog"
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
+    """Write a Parquet file so that readers see either nothing or the whole file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Dot-prefixed temporary name in the same directory: readers skip it, and os.replace
+    # within one file system is atomic.
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pq.write_table(table, f, compression="zstd")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def iter_parquet_files(directory: Path) -> Iterator[Path]:
+    """Parquet files below a directory, skipping temporary (dot-prefixed) files."""
+    if not directory.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.endswith(".parquet") and not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+def read_and_validate(path: Path) -> pa.Table:
+    """Read a Parquet file and validate it; raises ``S.ValidationError`` or an Arrow error."""
+    table = pq.read_table(path)
+    problems = S.validate_table(table)
+    if problems:
+        raise S.ValidationError(problems, where=str(path.name))
+    return table
+
+
+class LocalStore:
+    """A directory of experience records."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root).expanduser() if root is not None else default_root()
+
+    @property
+    def records_dir(self) -> Path:
+        return self.root / RECORDS_DIR
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / QUARANTINE_DIR
+
+    def path_for(self, rec: Mapping[str, Any]) -> Path:
+        created = rec.get("created_at")
+        if isinstance(created, str):
+            created = datetime.fromisoformat(created.replace("Z", "+00:00"))
+        created = created or datetime.now(timezone.utc)
+        return self.records_dir / created.strftime("%Y-%m") / f"{rec['record_id']}.parquet"
+
+    def write(self, rec: Mapping[str, Any]) -> Path:
+        """Validate a record and write it atomically as its own Parquet file."""
+        S.check_record(rec)
+        table = S.records_to_table([rec], int(rec["schema_version"]))
+        return write_parquet_atomic(table, self.path_for(rec))
+
+    def exists(self, record_id: str) -> bool:
+        return any(self.records_dir.glob(f"*/{record_id}.parquet"))
+
+    def files(self) -> list[Path]:
+        return list(iter_parquet_files(self.records_dir))
+
+    def quarantine(self, path: Path, reason: str) -> Path:
+        """Move a bad file out of the way, keeping it and the reason (never deleting it)."""
+        try:
+            rel = path.relative_to(self.root)
+        except ValueError:
+            rel = Path(path.name)
+        dest = self.quarantine_dir / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():
+            dest = dest.with_name(f"{dest.stem}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}{dest.suffix}")
+        shutil.move(str(path), dest)
+        dest.with_name(dest.name + ".reason.txt").write_text(reason + "\n", encoding="utf-8")
+        msg = f"xlog: quarantined {rel} -> {dest.relative_to(self.root)}: {reason}"
+        warnings.warn(msg, QuarantineWarning, stacklevel=2)
+        log.warning(msg)
+        return dest
+
+    def load_tables(self, directory: Path | None = None) -> list[pa.Table]:
+        """Read every valid file; corrupt or invalid ones are quarantined with a warning."""
+        tables = []
+        for path in iter_parquet_files(directory or self.records_dir):
+            try:
+                tables.append(read_and_validate(path))
+            except FileNotFoundError:
+                continue  # removed by a concurrent process between listing and reading
+            except Exception as exc:  # any parse/validation failure: keep the file, skip it
+                self.quarantine(path, f"{type(exc).__name__}: {exc}")
+        return tables
+
+    def records(self) -> list[dict]:
+        """All valid records, oldest first."""
+        rows: list[dict] = []
+        for t in self.load_tables():
+            rows.extend(S.table_to_records(t))
+        rows.sort(key=lambda r: (r.get("created_at") or datetime.min.replace(tzinfo=timezone.utc)))
+        return rows
+
+    def get(self, record_id: str) -> dict | None:
+        """One record by id (a unique prefix of the id is accepted)."""
+        matches = [p for p in iter_parquet_files(self.records_dir) if p.stem.startswith(record_id)]
+        if len(matches) > 1:
+            raise KeyError(f"record id prefix {record_id!r} is ambiguous ({len(matches)} records)")
+        if not matches:
+            return None
+        try:
+            table = read_and_validate(matches[0])
+        except Exception as exc:
+            self.quarantine(matches[0], f"{type(exc).__name__}: {exc}")
+            return None
+        return S.table_to_records(table)[0]
+
+    def write_many(self, records: Iterable[Mapping[str, Any]]) -> list[Path]:
+        return [self.write(r) for r in records]

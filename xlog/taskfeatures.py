@@ -1,0 +1,179 @@
+"""Task meta-features computed on a bounded sample of the training data (never raw text)."""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+TEXT_COLUMNS = ("text", "sentence", "content", "document", "review", "question", "prompt", "tweet", "input")
+LABEL_COLUMNS = ("label", "labels", "label_ids", "class", "target", "y")
+DEFAULT_MAX_SAMPLE = 2000
+_WORD_RE = re.compile(r"\w+", re.UNICODE)
+
+
+def dataset_size(ds: Any) -> int | None:
+    """Number of rows, or None for iterables whose length is unknown."""
+    if ds is None:
+        return None
+    try:
+        n = len(ds)
+    except TypeError:
+        return None
+    return int(n)
+
+
+def _sample_rows(ds: Any, k: int, seed: int) -> tuple[list[Mapping] | None, dict[str, list] | None]:
+    """Up to k rows as dicts, or columns as lists (datasets.Dataset), or (None, None) if unseen."""
+    n = dataset_size(ds)
+    try:  # Hugging Face datasets: columnar access without materialising rows
+        import datasets as hfds
+        if isinstance(ds, hfds.Dataset):
+            idx = sorted(random.Random(seed).sample(range(n), min(k, n))) if n else []
+            sub = ds.select(idx)
+            return None, {c: list(sub[c]) for c in sub.column_names}
+        if isinstance(ds, hfds.IterableDataset):
+            return [r for r in ds.take(k)], None
+    except ImportError:
+        pass
+    if n is None:
+        return None, None  # a torch IterableDataset may be a one-shot stream: never consume it
+    if not hasattr(ds, "__getitem__"):
+        return None, None
+    idx = sorted(random.Random(seed).sample(range(n), min(k, n))) if n else []
+    rows = []
+    for i in idx:
+        item = ds[i]
+        if not isinstance(item, Mapping):
+            return None, None  # tuples of tensors: columns have no names to interpret
+        rows.append(item)
+    return rows, None
+
+
+def _columns(rows: list[Mapping] | None, cols: dict[str, list] | None) -> dict[str, list]:
+    if cols is not None:
+        return cols
+    if not rows:
+        return {}
+    keys = list(rows[0].keys())
+    return {k: [r.get(k) for r in rows] for k in keys}
+
+
+def _to_py(v: Any) -> Any:
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    return v
+
+
+def _pick(cols: dict[str, list], wanted: str | None, candidates: Sequence[str], kind: str) -> str | None:
+    if wanted:
+        return wanted if wanted in cols else None
+    for c in candidates:
+        if c in cols:
+            return c
+    if kind == "text":
+        for c, vals in cols.items():
+            if vals and isinstance(vals[0], str):
+                return c
+    return None
+
+
+def _class_labels(ds: Any, label_col: str | None) -> int | None:
+    """Number of classes declared by a datasets ClassLabel feature, if any."""
+    feats = getattr(ds, "features", None)
+    if not feats or not label_col or label_col not in feats:
+        return None
+    n = getattr(feats[label_col], "num_classes", None)
+    return int(n) if n else None
+
+
+def _stats(values: list[float]) -> tuple[float, float, float | None]:
+    m = sum(values) / len(values)
+    sd = math.sqrt(sum((x - m) ** 2 for x in values) / len(values))
+    return m, sd, (sd / m if m > 0 else None)
+
+
+def _token_lengths(texts: list[str], tokenizer: Any) -> list[int] | None:
+    if tokenizer is None or not callable(tokenizer):
+        return None
+    tlog = logging.getLogger("transformers.tokenization_utils_base")
+    old = tlog.level
+    tlog.setLevel(logging.ERROR)  # "sequence longer than max length" is expected: no truncation here
+    try:
+        enc = tokenizer(texts, add_special_tokens=True, truncation=False)
+        return [len(x) for x in enc["input_ids"]]
+    except Exception:
+        return None
+    finally:
+        tlog.setLevel(old)
+
+
+def _lengths_from_ids(ids: list, masks: list | None) -> list[int] | None:
+    out = []
+    for i, x in enumerate(ids):
+        x = _to_py(x)
+        if not isinstance(x, list):
+            return None
+        if masks is not None:
+            out.append(int(sum(_to_py(masks[i]))))
+        else:
+            out.append(len(x))
+    return out
+
+
+def compute_task_features(train_dataset: Any, eval_dataset: Any = None, tokenizer: Any = None,
+                          text_column: str | None = None, label_column: str | None = None,
+                          max_sample: int = DEFAULT_MAX_SAMPLE, seed: int = 0) -> dict[str, Any]:
+    """Meta-features of a task from its datasets; unknown values are None, never guessed."""
+    out: dict[str, Any] = {"task_n_train": dataset_size(train_dataset), "task_n_eval": dataset_size(eval_dataset)}
+    if isinstance(eval_dataset, Mapping):  # Trainer accepts a dict of eval sets
+        sizes = [dataset_size(d) for d in eval_dataset.values()]
+        out["task_n_eval"] = sum(sizes) if sizes and all(s is not None for s in sizes) else None
+    if train_dataset is None:
+        return out
+    rows, cols = _sample_rows(train_dataset, max_sample, seed)
+    cols = _columns(rows, cols)
+    if not cols:
+        return out
+    n_sample = len(next(iter(cols.values())))
+    out["task_sample_size"] = n_sample
+    if n_sample == 0:
+        return out
+
+    label_col = _pick(cols, label_column, LABEL_COLUMNS, "label")
+    if label_col is not None:
+        labels = [_to_py(v) for v in cols[label_col]]
+        if all(isinstance(v, (int, str, bool)) or v is None for v in labels):  # classification labels
+            counts = Counter(v for v in labels if v is not None and v != -100)
+            total = sum(counts.values())
+            if total:
+                probs = [c / total for c in counts.values()]
+                declared = _class_labels(train_dataset, label_col)
+                out["task_n_classes"] = declared or len(counts)
+                out["task_class_entropy"] = float(-sum(p * math.log2(p) for p in probs))
+                out["task_class_prob_min"] = min(probs) if not declared or declared == len(counts) else 0.0
+                out["task_class_prob_max"] = max(probs)
+                out["task_imbalance_ratio"] = (max(probs) / out["task_class_prob_min"]
+                                               if out["task_class_prob_min"] else None)
+
+    text_col = _pick(cols, text_column, TEXT_COLUMNS, "text")
+    texts = [t for t in cols.get(text_col, []) if isinstance(t, str)] if text_col else []
+    if texts:
+        out["task_chars_mean"], out["task_chars_std"], out["task_chars_cv"] = _stats([len(t) for t in texts])
+        words = [w.lower() for t in texts for w in _WORD_RE.findall(t)]
+        out["task_type_token_ratio"] = len(set(words)) / len(words) if words else None
+        tok_lengths = _token_lengths(texts, tokenizer)
+    elif "input_ids" in cols:  # already tokenized: token statistics only
+        tok_lengths = _lengths_from_ids(cols["input_ids"], cols.get("attention_mask"))
+    else:
+        tok_lengths = None
+    if "input_ids" in cols:  # the padded/truncated length the model really sees
+        seq = _lengths_from_ids(cols["input_ids"], None)
+        if seq:
+            out["train_max_seq_length"] = max(seq)
+    if tok_lengths:
+        out["task_tokens_mean"], out["task_tokens_std"], out["task_tokens_cv"] = _stats([float(x) for x in tok_lengths])
+    return out
