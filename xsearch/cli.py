@@ -16,7 +16,7 @@ def main() -> None:
 
 def _register_extensions() -> None:
     # Data commands (pull, sql) and search commands (estimators, run) live in their own modules.
-    for name in ("xsearch.cli_data", "xsearch.cli_search"):
+    for name in ("xsearch.cli_data", "xsearch.cli_estimators", "xsearch.cli_search"):
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as exc:
