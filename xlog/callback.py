@@ -132,7 +132,17 @@ class XLogCallback(TrainerCallback):
         if trainer is not None and self._trainer is None:
             self._trainer = trainer
             self._wrap_train(trainer)
+        if self.energy_enabled and self._meter is None and getattr(args, "process_index", 0) == 0:
+            # codecarbon needs ~2 s to start; starting it with the Trainer (in a background
+            # thread) means it is usually measuring by the time training begins.
+            self._meter = EnergyMeter(country_iso_code=self.country_iso_code)
+            self._meter.start()
+            atexit.register(self._release_meter)
         return control
+
+    def _release_meter(self) -> None:
+        if self.record is None and self._meter is not None:
+            self._meter.stop()
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None,
                        train_dataloader=None, eval_dataloader=None, **kwargs):
@@ -177,8 +187,10 @@ class XLogCallback(TrainerCallback):
         self.record = rec
         self._install_exit_hooks()
         if self.energy_enabled:
-            self._meter = EnergyMeter(country_iso_code=self.country_iso_code)
-            self._meter.start()
+            if self._meter is None:
+                self._meter = EnergyMeter(country_iso_code=self.country_iso_code)
+                self._meter.start()
+            self._meter.mark_run_start()
         tr = self._trainer
         model = model if model is not None else getattr(tr, "model", None)
         tokenizer = tokenizer if tokenizer is not None else getattr(tr, "processing_class", None)

@@ -10,6 +10,7 @@ from typing import Any
 
 log = logging.getLogger("xlog")
 DEFAULT_COUNTRY = "USA"
+MIN_MEASURED_S = 0.5  # below this codecarbon has not taken a real measurement
 
 
 class EnergyMeter:
@@ -26,6 +27,7 @@ class EnergyMeter:
         self._nvml_handles: list = []
         self._nvml_start: list[int] = []
         self._t0: float | None = None
+        self._run_t0: float | None = None
         self.errors: list[str] = []
 
     def start(self) -> None:
@@ -37,6 +39,10 @@ class EnergyMeter:
             # training's critical path. Seconds it missed are accounted for in stop().
             self._thread = threading.Thread(target=self._start_codecarbon, name="xlog-energy", daemon=True)
             self._thread.start()
+
+    def mark_run_start(self) -> None:
+        """The run to account for starts now (the meter may have been started earlier)."""
+        self._run_t0 = time.monotonic()
 
     def _start_nvml(self) -> None:
         try:
@@ -72,9 +78,9 @@ class EnergyMeter:
             self.errors.append(f"codecarbon: {type(exc).__name__}: {exc}")
 
     def stop(self) -> dict[str, Any]:
-        """energy_* fields of the record."""
+        """energy_* fields of the record, for the run from ``mark_run_start`` (or ``start``) to now."""
         end = time.monotonic()
-        wall = end - (self._t0 or end)
+        run_s = end - (self._run_t0 or self._t0 or end)
         out: dict[str, Any] = {"energy_source": "none"}
         gpu_kwh = None
         if self._nvml_handles:
@@ -82,7 +88,9 @@ class EnergyMeter:
                 import pynvml
                 mj = sum(pynvml.nvmlDeviceGetTotalEnergyConsumption(h) - s
                          for h, s in zip(self._nvml_handles, self._nvml_start))
-                gpu_kwh = mj / 3.6e9
+                # Counters started with the meter: keep the run's share at the mean power.
+                meter_s = end - (self._t0 or end)
+                gpu_kwh = mj / 3.6e9 * (run_s / meter_s if meter_s > 0 else 1.0)
             except Exception as exc:
                 self.errors.append(f"nvml: {type(exc).__name__}")
             finally:
@@ -99,10 +107,10 @@ class EnergyMeter:
                     cc = self._tracker.final_emissions_data
                 except Exception as exc:
                     self.errors.append(f"codecarbon: {type(exc).__name__}: {exc}")
-        if cc is not None:
-            measured = max(time.monotonic() - (self._tracker_t0 or end), 1e-9)
-            # Scale CPU/RAM energy to the whole run at the mean power measured.
-            scale = max(wall, measured) / measured if measured > 0.5 else 1.0
+        measured = time.monotonic() - self._tracker_t0 if self._tracker_t0 else 0.0
+        if cc is not None and measured >= MIN_MEASURED_S:
+            # Energy of the run = mean power over the measured window x run duration.
+            scale = run_s / measured
             cpu = float(cc.cpu_energy) * scale
             ram = float(cc.ram_energy) * scale
             if gpu_kwh is None and cc.gpu_energy:
@@ -112,7 +120,9 @@ class EnergyMeter:
             out.update(energy_source="codecarbon+nvml" if self._nvml_handles and gpu_kwh is not None else "codecarbon",
                        energy_cpu_kwh=cpu, energy_ram_kwh=ram, energy_gpu_kwh=gpu_kwh, energy_kwh=total,
                        energy_co2_kg=total * intensity if intensity is not None else None,
-                       energy_country_iso_code=self.country, energy_measured_s=min(measured, wall) if wall else measured)
+                       energy_country_iso_code=self.country, energy_measured_s=min(measured, run_s))
         elif gpu_kwh is not None:
-            out.update(energy_source="nvml", energy_gpu_kwh=gpu_kwh, energy_kwh=gpu_kwh, energy_measured_s=wall)
+            out.update(energy_source="nvml", energy_gpu_kwh=gpu_kwh, energy_kwh=gpu_kwh, energy_measured_s=run_s)
+        elif cc is not None:
+            self.errors.append(f"codecarbon measured only {measured:.2f} s: too short to report")
         return out
