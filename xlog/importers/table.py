@@ -43,7 +43,7 @@ def parse_assignments(items: tuple[str, ...] | list[str], what: str) -> dict[str
     out: dict[str, str] = {}
     for item in items:
         left, sep, right = item.partition("=")
-        if not sep or not left.strip() or not right.strip() and what == "--map":
+        if not sep or not left.strip() or not right.strip():
             raise TableImportError(f"{what} {item!r}: expected LEFT=RIGHT")
         out[left.strip()] = right.strip()
     return out
@@ -268,7 +268,9 @@ def _row_record(row: Mapping[str, Any], mapping: Mapping[str, str], constants: M
     metric = rec.get("outcome_primary_metric")
     if rec.get("outcome_primary_value") is None and metric and rec.get("outcome_metrics", {}).get(metric) is not None:
         rec["outcome_primary_value"] = rec["outcome_metrics"][metric]
-    if rec["status"] == "completed" and any(n.startswith("outcome_primary_value") for n in nonfinite):
+    score_names = {"outcome_primary_value", f"{METRIC_PREFIX}{metric}"}
+    if rec["status"] == "completed" and rec.get("outcome_primary_value") is None \
+            and any(n.split("=")[0] in score_names for n in nonfinite):
         # A completed run with an infinite/NaN score produced no score: a failure of unknown cause.
         rec.update(status="failed", error_type=rec.get("error_type") or "NoScore",
                    error_message=rec.get("error_message") or f"non-finite score in the source ({', '.join(nonfinite)})")
