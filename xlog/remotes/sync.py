@@ -1,0 +1,208 @@
+"""Push local records to a remote and pull (mirror) a remote into the local store root.
+
+Push: validate the records not yet in the ledger, encode them into content-addressed files
+(see ``layout``), record the plan as pending, send everything in ONE commit, then mark the
+records pushed. Pull: download the data files the mirror lacks, verify each against the hash
+in its name and the schema, and move it into ``$XLOG_HOME/remotes/<slug>/`` atomically; a bad
+file is quarantined (``LocalStore.quarantine``) and remembered, never loaded, never fatal.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow.parquet as pq
+
+from .. import schema as S
+from ..ledger import Ledger
+from ..store import LocalStore, read_and_validate
+from . import Remote, RemoteError
+from . import layout as L
+
+REMOTES_DIR = "remotes"
+STATE_FILE = ".xlog-pull.json"
+KEEP = object()  # contributor: keep each record's own value
+
+
+@dataclass
+class PushResult:
+    remote: str
+    new_records: int = 0
+    files: dict[str, int] = field(default_factory=dict)  # path -> number of records
+    uploaded_files: int = 0
+    already_on_remote: int = 0  # files found on the remote (an earlier push that died after its commit)
+    recovered_records: int = 0  # records of a pending push confirmed on the remote
+    invalid: list[str] = field(default_factory=list)  # quarantined local files
+    commit: str | None = None
+    dry_run: bool = False
+
+
+@dataclass
+class PullResult:
+    remote: str
+    mirror: Path
+    new_files: int = 0
+    new_records: int = 0
+    up_to_date_files: int = 0
+    quarantined: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="rec", disable=not enabled or total < 1000, leave=False)
+
+
+def _read_candidates(store: LocalStore, pushed: set[str], progress: bool, result: PushResult) -> list[dict]:
+    files = [p for p in store.files() if p.stem not in pushed]
+    records: list[dict] = []
+    with _progress_bar(len(files), "validating", progress) as bar:
+        for path in files:
+            try:
+                table = read_and_validate(path)
+            except FileNotFoundError:
+                continue
+            except Exception as exc:  # unreadable or invalid: keep it out of the remote, keep the file
+                store.quarantine(path, f"not pushed: {type(exc).__name__}: {exc}")
+                result.invalid.append(path.name)
+                continue
+            records.extend(r for r in S.table_to_records(table) if r["record_id"] not in pushed)
+            bar.update(1)
+    return records
+
+
+def push(remote: Remote, store: LocalStore | None = None, *, private: bool = False, dry_run: bool = False,
+         contributor: Any = KEEP, progress: bool = True, rows_per_file: int = L.ROWS_PER_FILE,
+         log: Callable[[str], None] = lambda s: None) -> PushResult:
+    """Publish the local records that are not yet on ``remote`` (see the module docstring)."""
+    store = store or LocalStore()
+    ledger = Ledger(store.root)
+    result = PushResult(remote=remote.key, dry_run=dry_run)
+    with ledger.lock(remote.key):
+        if not dry_run:
+            remote.ensure(private=private)
+            pending = ledger.pending(remote.key)
+            if pending:
+                # A previous push died after planning: trust only what the remote really has.
+                landed = remote.exists(sorted(pending))
+                ledger.confirm(remote.key, {p: pending[p] for p in landed}, drop=[p for p in pending if p not in landed])
+                result.recovered_records = sum(len(pending[p]) for p in landed)
+                if pending:
+                    log(f"resumed an interrupted push: {len(landed)} of {len(pending)} file(s) had landed")
+        pushed = ledger.pushed_ids(remote.key)
+        records = _read_candidates(store, pushed, progress, result)
+        if contributor is not KEEP:
+            records = [{**r, "contributor": contributor} for r in records]
+        plan = L.plan_files(records, rows_per_file)
+        result.new_records = len(records)
+        result.files = {p: len(ids) for p, (_, ids) in plan.items()}
+        if dry_run or not plan:
+            return result
+        present = remote.exists(sorted(plan) + [L.CARD_PATH])
+        landed = {p: ids for p, (_, ids) in plan.items() if p in present}
+        if landed:  # identical files already there (e.g. the ledger was lost): nothing to upload
+            ledger.confirm(remote.key, landed)
+            result.already_on_remote = len(landed)
+        to_send = {p: v for p, v in plan.items() if p not in present}
+        if not to_send:
+            return result
+        files = {p: data for p, (data, _) in to_send.items()}
+        if L.CARD_PATH not in present:
+            name = getattr(remote, "repo_id", None) or Path(str(getattr(remote, "root", "records"))).name
+            files[L.CARD_PATH] = L.card(name).encode()
+        n = sum(len(ids) for _, ids in to_send.values())
+        ledger.begin(remote.key, {p: ids for p, (_, ids) in to_send.items()})
+        result.commit = remote.commit(files, f"xlog push: {n} record(s) in {len(to_send)} file(s)")
+        ledger.confirm(remote.key, {p: ids for p, (_, ids) in to_send.items()})
+        result.uploaded_files = len(to_send)
+    return result
+
+
+def mirror_dir(store: LocalStore, remote: Remote) -> Path:
+    return store.root / REMOTES_DIR / remote.slug
+
+
+def _load_state(mirror: Path) -> dict:
+    try:
+        return json.loads((mirror / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"quarantined": {}}
+
+
+def _save_state(mirror: Path, state: dict) -> None:
+    tmp = mirror / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, mirror / STATE_FILE)
+
+
+def _check_file(path: Path, remote_path: str) -> int:
+    """Verify a downloaded data file; returns its number of rows or raises ValueError."""
+    import hashlib
+    want = L.content_hash(remote_path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if want and not h.hexdigest().startswith(want):
+        raise ValueError(f"content hash {h.hexdigest()[:32]} does not match the name (corrupt or tampered)")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise ValueError(f"not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
+    problems = L.validate_for_read(table)
+    if problems:
+        raise ValueError("schema violations: " + "; ".join(problems[:10])
+                         + (f" (+{len(problems) - 10} more)" if len(problems) > 10 else ""))
+    return table.num_rows
+
+
+def pull(remote: Remote, store: LocalStore | None = None, *, progress: bool = True,
+         log: Callable[[str], None] = lambda s: None) -> PullResult:
+    """Mirror the remote's data files that are not here yet (see the module docstring)."""
+    store = store or LocalStore()
+    mirror = mirror_dir(store, remote)
+    result = PullResult(remote=remote.key, mirror=mirror)
+    with Ledger(store.root).lock("pull-" + remote.key):
+        listing = remote.list_files()
+        mirror.mkdir(parents=True, exist_ok=True)
+        state = _load_state(mirror)
+        state["remote"] = remote.key
+        quarantined: dict[str, str] = state.setdefault("quarantined", {})
+        wanted = sorted(p for p in listing if L.is_data_path(p))
+        todo = [p for p in wanted if p not in quarantined and not (mirror / p).is_file()]
+        result.up_to_date_files = len(wanted) - len(todo)
+        incoming = mirror / ".incoming"
+        from tqdm.auto import tqdm
+        for p in tqdm(todo, desc="pulling", unit="file", disable=not progress or len(todo) < 20, leave=False):
+            staged = incoming / p
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            remote.fetch(p, staged)
+            try:
+                rows = _check_file(staged, p)
+            except ValueError as exc:
+                reason = f"pulled from {remote.key}/{p}: {exc}"
+                store.quarantine(staged, reason)
+                quarantined[p] = str(exc)
+                result.quarantined.append((p, str(exc)))
+                _save_state(mirror, state)
+                continue
+            dest = mirror / p
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, dest)
+            result.new_files += 1
+            result.new_records += rows
+        if L.CARD_PATH in listing:
+            try:
+                staged = incoming / L.CARD_PATH
+                remote.fetch(L.CARD_PATH, staged)
+                os.replace(staged, mirror / L.CARD_PATH)
+            except RemoteError as exc:
+                log(f"dataset card not mirrored: {exc}")
+        shutil.rmtree(incoming, ignore_errors=True)
+        state["last_pull"] = datetime.now(timezone.utc).isoformat()
+        _save_state(mirror, state)
+    return result
