@@ -43,9 +43,13 @@ def _identity_words() -> tuple[str, ...]:
     for var in ("USER", "LOGNAME", "USERNAME", "HOSTNAME"):
         if os.environ.get(var):
             words.add(os.environ[var])
-    # Very short or generic names would shred ordinary words; "root" is not identifying.
-    return tuple(sorted((w for w in words if len(w) >= 3 and w not in {"root", "localhost", "user"}),
+    # Generic names identify nobody; matching is on word boundaries so short names stay safe.
+    return tuple(sorted((w for w in words if len(w) >= 2 and w.lower() not in {"root", "localhost", "user"}),
                         key=len, reverse=True))
+
+
+def _identity_re(word: str) -> re.Pattern:
+    return re.compile(r"(?<![A-Za-z0-9])" + re.escape(word) + r"(?![A-Za-z0-9])", re.IGNORECASE)
 
 
 def _path_repl(m: re.Match) -> str:
@@ -64,14 +68,14 @@ def scrub_text(text: str | None, extra_secrets: tuple[str, ...] = ()) -> str | N
             s = s.replace(secret, "<redacted>")
     for rx in _TOKEN_RES:
         s = rx.sub("<token>", s)
-    s = _EMAIL_RE.sub("<email>", s)
     s = _URL_RE.sub(r"\1<url>", s)  # URLs can name internal hosts and carry credentials
+    s = _EMAIL_RE.sub("<email>", s)
     s = _WIN_PATH_RE.sub(_path_repl, s)
     s = _POSIX_PATH_RE.sub(_path_repl, s)
     s = _HOME_RE.sub("<path>", s)
     s = _LONG_HEX_RE.sub("<hex>", s)
     for w in _identity_words():
-        s = re.sub(re.escape(w), "<redacted>", s, flags=re.IGNORECASE)
+        s = _identity_re(w).sub("<redacted>", s)
     if len(s) > MAX_MESSAGE_CHARS:
         s = s[: MAX_MESSAGE_CHARS - 12] + " [truncated]"
     return s
@@ -106,9 +110,8 @@ def find_leaks(value: object, secrets: tuple[str, ...] = ()) -> list[str]:
                 leaks.append(f"{where}: e-mail address")
             if any(rx.search(v) for rx in _TOKEN_RES):
                 leaks.append(f"{where}: token")
-            low = v.lower()
             for w in _identity_words() + tuple(s for s in secrets if s):
-                if w.lower() in low:
+                if _identity_re(w).search(v):
                     leaks.append(f"{where}: contains {w!r}")
     visit(value, "record")
     return leaks
