@@ -1,0 +1,67 @@
+-- Helper views over `experiences` (one row per run, all schema versions, unique by record_id).
+-- xsearch.db creates `experiences` from the Parquet files, then runs this file.
+-- A "task" is (task_name, outcome_primary_metric): runs are only compared on the same metric.
+-- Quality is oriented so that higher is better (outcome_greater_is_better = false flips it).
+
+-- Completed runs with a primary metric, with an oriented quality score.
+CREATE OR REPLACE VIEW completed_runs AS
+SELECT *,
+       CASE WHEN outcome_greater_is_better IS FALSE THEN -outcome_primary_value
+            ELSE outcome_primary_value END AS quality
+FROM experiences
+WHERE status = 'completed' AND outcome_primary_value IS NOT NULL;
+
+-- The best completed run of each task (ties: the fastest).
+CREATE OR REPLACE VIEW task_best AS
+SELECT task_name, task_type, outcome_primary_metric, model_name, ft_method, outcome_primary_value,
+       outcome_total_runtime_s, energy_kwh, train_learning_rate, train_batch_size, record_id, n_runs
+FROM (
+    SELECT *,
+           count(*) OVER (PARTITION BY task_name, outcome_primary_metric) AS n_runs,
+           row_number() OVER (PARTITION BY task_name, outcome_primary_metric
+                              ORDER BY quality DESC, outcome_total_runtime_s ASC NULLS LAST, record_id) AS rank_in_task
+    FROM completed_runs
+) WHERE rank_in_task = 1;
+
+-- How runs fail: counts by status and error type (and the models involved).
+CREATE OR REPLACE VIEW failures_by_cause AS
+SELECT status, coalesce(error_type, '?') AS error_type, count(*) AS n_runs,
+       count(DISTINCT model_name) AS n_models, count(DISTINCT task_name) AS n_tasks,
+       round(avg(outcome_total_runtime_s), 1) AS mean_runtime_s, sum(energy_kwh) AS energy_kwh
+FROM experiences
+WHERE status <> 'completed'
+GROUP BY ALL;
+
+-- Failure rate of each model and fine-tuning method.
+CREATE OR REPLACE VIEW failure_rates_by_model AS
+SELECT model_name, ft_method, count(*) AS n_runs,
+       count(*) FILTER (WHERE status <> 'completed') AS n_failed,
+       count(*) FILTER (WHERE status = 'oom') AS n_oom,
+       round(count(*) FILTER (WHERE status <> 'completed') / count(*), 4) AS failure_rate
+FROM experiences
+GROUP BY ALL;
+
+-- Pareto front of quality (higher is better) vs run time (lower is better), per task.
+-- A run is on the front if no run of its task is at least as fast and strictly better: scanning
+-- by time (best quality first among equal times), a run is on the front when its quality beats
+-- every run before it. O(n log n) instead of comparing all pairs.
+CREATE OR REPLACE VIEW pareto_time AS
+SELECT task_name, outcome_primary_metric, model_name, ft_method, outcome_primary_value,
+       outcome_total_runtime_s, energy_kwh, record_id
+FROM (
+    SELECT *, max(quality) OVER (PARTITION BY task_name, outcome_primary_metric
+                                 ORDER BY outcome_total_runtime_s, quality DESC, record_id
+                                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS best_before
+    FROM completed_runs WHERE outcome_total_runtime_s IS NOT NULL
+) WHERE best_before IS NULL OR quality > best_before;
+
+-- Pareto front of quality vs energy (kWh), per task.
+CREATE OR REPLACE VIEW pareto_energy AS
+SELECT task_name, outcome_primary_metric, model_name, ft_method, outcome_primary_value,
+       energy_kwh, outcome_total_runtime_s, record_id
+FROM (
+    SELECT *, max(quality) OVER (PARTITION BY task_name, outcome_primary_metric
+                                 ORDER BY energy_kwh, quality DESC, record_id
+                                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS best_before
+    FROM completed_runs WHERE energy_kwh IS NOT NULL
+) WHERE best_before IS NULL OR quality > best_before;
