@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from .. import schema as S
 from ..privacy import scrub_name, scrub_text
 from ..store import LocalStore
-from . import (ImportSummary, Problem, base_record, json_compact, stable_record_id, write_records)
+from . import ImportSummary, Problem, base_record, stable_record_id, write_records
 
 KIND = "table"
 METRIC_PREFIX = "outcome_metrics."
@@ -218,8 +218,8 @@ def import_table(path: str | Path, mapping: Mapping[str, str], store: LocalStore
         if not isinstance(row, Mapping):
             summary.invalid.append(Problem(where, f"a JSON {type(row).__name__}, not an object"))
             continue
-        key = json_compact({k: row.get(k) for k in sorted(row)}) if not _has_nonfinite(row) \
-            else json.dumps(row, sort_keys=True, default=str)
+        # Infinity/NaN may be in the row (JSON lines written by Python): allow them in the key.
+        key = json.dumps(row, sort_keys=True, separators=(",", ":"), default=str)
         occurrences[key] += 1   # identical rows stay distinct records, stably numbered
         try:
             rec = _row_record(row, mapping, constants, by_name, tz,
@@ -230,10 +230,6 @@ def import_table(path: str | Path, mapping: Mapping[str, str], store: LocalStore
         items.append((where, rec))
     write_records(items, store or LocalStore(), summary)
     return summary
-
-
-def _has_nonfinite(row: Mapping[str, Any]) -> bool:
-    return any(isinstance(v, float) and not math.isfinite(v) for v in row.values())
 
 
 def _row_record(row: Mapping[str, Any], mapping: Mapping[str, str], constants: Mapping[str, str],
