@@ -289,3 +289,84 @@ def test_timezone_option(tmp_path):
     (r,) = [x for x in store.records() if x["model_name"] == "google/electra-small-discriminator"]
     # 00:37:53 in Madrid (CET, UTC+1 after 27 October 2024) is 23:37:53 UTC the day before
     assert r["created_at"] == datetime(2024, 10, 29, 23, 37, 53, tzinfo=timezone.utc)
+
+
+def _expected_rates_from_source() -> dict[str, tuple[int, int]]:
+    """Per model alias: (evaluations, CUDA OOMs), read straight from the JSON files. An evaluation
+    AutoGOAL logged twice (error, then a no-score twin of the same pipeline) counts once."""
+    srcs = [json.loads(p.read_text()) for p in sorted(FIXTURE.rglob("*.json"))]
+    errors = [s for s in srcs if s["error"]]
+    out: dict[str, list[int]] = {}
+    for s in srcs:
+        twin = not s["error"] and not (s["f1"] is not None and math.isfinite(s["f1"])) and any(
+            e["algorithms"] == s["algorithms"] and 0 <= (datetime.fromisoformat(s["timestamp"])
+                                                         - datetime.fromisoformat(e["timestamp"])).total_seconds() <= 5
+            for e in errors)
+        if twin:
+            continue
+        hub_id = MODEL_ALIASES[next(iter(_hp(s)[1]["inner_model"]))][0]
+        n = out.setdefault(hub_id, [0, 0])
+        n[0] += 1
+        n[1] += bool(s["error"] and "CUDA out of memory" in s["error"])
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def test_imported_store_queries_through_sql(imported):
+    """Per-model OOM rates through xsearch's DuckDB layer (the `experiences` view and the
+    `failure_rates_by_model` helper view, and the `xsearch sql` command)."""
+    db = pytest.importorskip("xsearch.db")
+    store, _ = imported
+    expected = _expected_rates_from_source()
+    assert sum(n for n, _ in expected.values()) == 21 and sum(o for _, o in expected.values()) == 6
+    rows = db.query("SELECT model_name, count(*) AS n, count(*) FILTER (WHERE status = 'oom') AS n_oom, "
+                    "avg(CASE WHEN status = 'oom' THEN 1.0 ELSE 0.0 END) AS oom_rate "
+                    "FROM experiences GROUP BY model_name", home=store.root).to_pylist()
+    got = {r["model_name"]: (r["n"], r["n_oom"]) for r in rows}
+    assert got == expected
+    rates = {r["model_name"]: r["oom_rate"] for r in rows}
+    assert rates["microsoft/phi-2"] == 1.0 and rates["xlm-roberta-large"] == 0.5
+    view = db.query("SELECT model_name, sum(n_runs) AS n, sum(n_oom) AS n_oom FROM failure_rates_by_model "
+                    "GROUP BY model_name", home=store.root).to_pylist()
+    assert {r["model_name"]: (r["n"], r["n_oom"]) for r in view} == expected
+    # types survive: timestamps, maps, and no non-finite numbers anywhere
+    (best,) = db.query("SELECT model_name, outcome_primary_value, outcome_metrics['accuracy'] AS acc, "
+                       "outcome_total_runtime_s, created_at FROM experiences WHERE status = 'completed'",
+                       home=store.root).to_pylist()
+    _, src = _source("00_37_53")
+    assert best["outcome_primary_value"] == src["f1"] and best["outcome_total_runtime_s"] == src["evaluation_time"]
+    acc = best["acc"][0] if isinstance(best["acc"], list) else best["acc"]
+    assert acc == src["accuracy"]
+    assert best["created_at"] == datetime(2024, 10, 30, 0, 37, 53, tzinfo=timezone.utc)
+    from xsearch.cli import main as xsearch_main
+    res = CliRunner().invoke(xsearch_main, ["sql", "--json", "--home", str(store.root),
+                                            "SELECT status, count(*) AS n FROM experiences GROUP BY status"])
+    assert res.exit_code == 0, res.output
+    assert {r["status"]: r["n"] for r in json.loads(res.stdout)} == {"completed": 1, "failed": 9, "oom": 6,
+                                                                     "timeout": 5}
+
+
+def test_imported_records_round_trip_through_push_and_pull(imported, tmp_path, hub_env):
+    """Imported records publish to a Hub dataset (the local Hub-compatible server) and come back
+    identical in another store's mirror."""
+    from xlog.remotes import open_remote
+    from xlog.remotes.sync import pull, push
+    store, summary = imported
+    remote = open_remote("someone/autogoal-experience")
+    pushed = push(remote, store, progress=False)
+    assert pushed.new_records == summary.imported and pushed.invalid == []
+    assert push(remote, store, progress=False).new_records == 0   # a second push sends nothing
+    other = LocalStore(tmp_path / "other_home")
+    pulled = pull(open_remote("someone/autogoal-experience"), other, progress=False)
+    assert pulled.new_records == summary.imported and pulled.quarantined == []
+    import pyarrow.parquet as pq
+    back = {}
+    for f in pulled.mirror.rglob("*.parquet"):
+        for r in S.table_to_records(pq.read_table(f)):
+            back[r["record_id"]] = r
+    assert set(back) == {r["record_id"] for r in store.records()}
+    for r in store.records():
+        b = back[r["record_id"]]
+        assert S.validate_record(b) == []
+        for k in ("status", "error_type", "error_message", "model_name", "ft_method", "peft_config_json",
+                  "outcome_primary_value", "outcome_metrics", "task_landmarker_score", "created_at", "source"):
+            assert b[k] == r[k], k
