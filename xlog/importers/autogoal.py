@@ -407,7 +407,7 @@ def import_autogoal(path: str | Path, store: LocalStore | None = None, *, task_n
     AutoGOAL's search logs a failing evaluation twice: once with the error, then (within a
     second) the same pipeline with F1 -inf and no error. Such a twin is folded into the error
     record (counted as merged) unless ``keep_twins``."""
-    root = Path(path)
+    root = Path(path).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"no such file or directory: {root}")
     store = store or LocalStore()

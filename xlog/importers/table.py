@@ -181,7 +181,7 @@ def import_table(path: str | Path, mapping: Mapping[str, str], store: LocalStore
                  dry_run: bool = False, timezone_name: str = "UTC") -> ImportSummary:
     """Import a CSV/TSV/JSON-lines file; ``mapping`` is source column -> schema field (or
     ``outcome_metrics.<name>``), ``constants`` is schema field -> value for every row."""
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.is_file():
         raise TableImportError(f"no such file: {p}")
     constants = dict(constants or {})
