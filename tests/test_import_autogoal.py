@@ -370,3 +370,11 @@ def test_imported_records_round_trip_through_push_and_pull(imported, tmp_path, h
         for k in ("status", "error_type", "error_message", "model_name", "ft_method", "peft_config_json",
                   "outcome_primary_value", "outcome_metrics", "task_landmarker_score", "created_at", "source"):
             assert b[k] == r[k], k
+
+
+def test_unknown_timezone_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus'"):
+        import_autogoal(FIXTURE, LocalStore(tmp_path / "home"), timezone_name="Mars/Olympus")
+    res = CliRunner().invoke(xlog_main, ["--home", str(tmp_path / "h"), "import", "autogoal", str(FIXTURE),
+                                         "--timezone", "Mars/Olympus"])
+    assert res.exit_code == 1 and "unknown time zone" in res.output and "Traceback" not in res.output

@@ -34,7 +34,7 @@ def register(main: click.Group) -> None:
     @import_group.command("autogoal")
     @click.argument("path", type=click.Path(exists=True, path_type=Path))
     @click.option("--task-name-from-alias/--no-task-name-from-alias", default=True, show_default=True,
-                  help="Use the AutoGOAL alias (the store's top-level folder) as task_name.")
+                  help="Use the record's AutoGOAL alias (the dataset name) as task_name.")
     @click.option("--dry-run", is_flag=True, help="Read and convert everything, write nothing.")
     @click.option("--timezone", "timezone_name", default="UTC", show_default=True,
                   help="Time zone of AutoGOAL's zone-less timestamps (the machine's local time), e.g. Europe/Madrid.")

@@ -8,7 +8,9 @@ import json
 import math
 import uuid
 from dataclasses import dataclass, field
+from datetime import timezone, tzinfo
 from typing import Any, Iterable, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .. import __version__
 from .. import schema as S
@@ -22,6 +24,16 @@ IMPORT_NAMESPACE = uuid.UUID("5b0f6c1e-8a4f-5d0e-9a55-7c1c3f1e0a01")
 def stable_record_id(kind: str, key: str) -> str:
     """UUID5 of ``import:<kind>`` and a stable key of the source item."""
     return str(uuid.uuid5(IMPORT_NAMESPACE, f"import:{kind}\n{key}"))
+
+
+def resolve_timezone(name: str) -> tzinfo:
+    """A time zone by IANA name (``UTC``, ``Europe/Madrid``); ValueError for an unknown name."""
+    if name.strip().upper() in ("UTC", "Z"):
+        return timezone.utc
+    try:
+        return ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as UTC or Europe/Madrid)") from None
 
 
 def content_hash(data: bytes | str) -> str:

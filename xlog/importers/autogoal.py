@@ -11,12 +11,11 @@ import re
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 from typing import Any, Iterator, Mapping
-from zoneinfo import ZoneInfo
 
 from ..privacy import scrub_name, scrub_text
 from ..store import LocalStore
 from . import (ImportSummary, Problem, base_record, content_hash, finite, json_compact,
-               stable_record_id, write_records)
+               resolve_timezone, stable_record_id, write_records)
 
 KIND = "autogoal"
 GIB_TO_GB = 1024 ** 3 / 1e9   # AutoGOAL reports memory in GiB; the schema's _gb fields are 1e9 bytes
@@ -258,12 +257,11 @@ def _pipeline(data: Mapping[str, Any]) -> dict[str, Any]:
         val = config.get(hp)
         if val is None or isinstance(val, bool):
             continue
-        try:
-            out[col] = typ(val)
-        except (TypeError, ValueError):
-            continue
-        if typ is float and not math.isfinite(out[col]):
-            del out[col]
+        num = finite(val) if typ is not str else None
+        if typ is str:
+            out[col] = str(val)
+        elif num is not None and (typ is float or num == int(num)):
+            out[col] = typ(num)   # a non-numeric or fractional value for an integer field stays in the JSON only
     opt = config.get("optimizer")
     if isinstance(opt, str):
         out["train_optimizer"] = _OPTIMIZERS.get(opt.lower(), opt)
@@ -411,7 +409,7 @@ def import_autogoal(path: str | Path, store: LocalStore | None = None, *, task_n
     if not root.exists():
         raise FileNotFoundError(f"no such file or directory: {root}")
     store = store or LocalStore()
-    tz: tzinfo = timezone.utc if timezone_name.upper() == "UTC" else ZoneInfo(timezone_name)
+    tz = resolve_timezone(timezone_name)
     summary = ImportSummary(KIND, dry_run=dry_run)
     converted: list[tuple[str, dict, str]] = []   # (where, record, pipeline signature)
     for f in iter_json_files(root):

@@ -13,12 +13,11 @@ from collections import Counter
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 from typing import Any, Iterator, Mapping
-from zoneinfo import ZoneInfo
 
 from .. import schema as S
 from ..privacy import scrub_name, scrub_text
 from ..store import LocalStore
-from . import ImportSummary, Problem, base_record, stable_record_id, write_records
+from . import ImportSummary, Problem, base_record, resolve_timezone, stable_record_id, write_records
 
 KIND = "table"
 METRIC_PREFIX = "outcome_metrics."
@@ -196,7 +195,7 @@ def import_table(path: str | Path, mapping: Mapping[str, str], store: LocalStore
     both = set(mapping.values()) & set(constants)
     if both:
         raise TableImportError(f"field(s) {', '.join(sorted(both))} both mapped and set")
-    tz: tzinfo = timezone.utc if timezone_name.upper() == "UTC" else ZoneInfo(timezone_name)
+    tz = resolve_timezone(timezone_name)
     columns, rows = read_rows(p, fmt)
     missing = [c for c in mapping if c not in columns]
     if missing:
