@@ -101,7 +101,7 @@ def test_successful_partial_record_field_by_field(imported):
     assert r["train_max_seq_length"] == hp["max_length"] and r["train_optimizer"] == hp["optimizer"]
     # gradient clipping was off in this run: its max norm is not a training setting then
     assert hp["use_gradient_clipping"] is False and r["train_max_grad_norm"] is None
-    config = json.loads(r["peft_config_json"])
+    config = json.loads(r["ft_config_json"])
     assert config["autogoal_class"] == cls
     assert config["inner_model"] == "WORD_EMB_Google_Electra_Small_Discriminator"
     assert {k: v for k, v in config.items() if k in hp and k != "inner_model"} == \
@@ -137,7 +137,7 @@ def test_oom_record_field_by_field(imported):
     assert (r["peft_lora_r"], r["peft_lora_alpha"], r["peft_lora_dropout"]) == \
         (hp["lora_r"], hp["lora_alpha"], hp["lora_dropout"])
     assert r["peft_target_modules"] is None
-    config = json.loads(r["peft_config_json"])
+    config = json.loads(r["ft_config_json"])
     for k in ("lora_bias", "init_lora_weights", "fan_in_fan_out", "model_save", "class_weighted_loss"):
         assert config[k] == hp[k]
     assert r["outcome_total_runtime_s"] is None and r["outcome_primary_metric"] is None
@@ -156,7 +156,7 @@ def test_full_finetune_failure_without_score(imported):
     assert "f1=-inf" in r["error_message"]
     assert r["outcome_primary_value"] is None and r["outcome_total_runtime_s"] is None
     assert r["train_learning_rate"] == hp["learning_rate"] and r["train_batch_size"] == hp["batch_size"]
-    assert json.loads(r["peft_config_json"])["dropout_rate"] == hp["dropout_rate"]
+    assert json.loads(r["ft_config_json"])["dropout_rate"] == hp["dropout_rate"]
 
 
 def test_timeout_and_scrubbed_error(imported):
@@ -367,7 +367,7 @@ def test_imported_records_round_trip_through_push_and_pull(imported, tmp_path, h
     for r in store.records():
         b = back[r["record_id"]]
         assert S.validate_record(b) == []
-        for k in ("status", "error_type", "error_message", "model_name", "ft_method", "peft_config_json",
+        for k in ("status", "error_type", "error_message", "model_name", "ft_method", "ft_config_json",
                   "outcome_primary_value", "outcome_metrics", "task_landmarker_score", "created_at", "source"):
             assert b[k] == r[k], k
 

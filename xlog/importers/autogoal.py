@@ -273,7 +273,7 @@ def _pipeline(data: Mapping[str, Any]) -> dict[str, Any]:
         out["train_effective_batch_size"] = out["train_batch_size"] * out["train_grad_accum_steps"]
     if config.get("cross_val_steps") is None and data.get("cross_val_steps") is not None:
         config["cross_val_steps"] = data.get("cross_val_steps")
-    out["peft_config_json"] = json_compact(config)
+    out["ft_config_json"] = json_compact(config)
     return out
 
 
