@@ -57,21 +57,40 @@ def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="rec", disable=not enabled or total < 1000, leave=False)
 
 
-def _read_candidates(store: LocalStore, pushed: set[str], progress: bool, result: PushResult) -> list[dict]:
+def _read_one(store: LocalStore, path: Path, result: PushResult) -> list[dict]:
+    try:
+        table = read_and_validate(path)
+    except FileNotFoundError:
+        return []
+    except Exception as exc:  # unreadable or invalid: keep it out of the remote, keep the file
+        store.quarantine(path, f"not pushed: {type(exc).__name__}: {exc}")
+        result.invalid.append(path.name)
+        return []
+    return S.table_to_records(table)
+
+
+def _read_candidates(store: LocalStore, pushed: set[str], progress: bool, result: PushResult,
+                     chunk: int = 2000) -> list[dict]:
+    """Read and validate the unpushed local files. Files are read a chunk at a time as one
+    table (per-file overhead dominates for one-row files); a chunk that fails to read or
+    validate is re-read file by file so that only the bad files are quarantined."""
+    import duckdb
     files = [p for p in store.files() if p.stem not in pushed]
     records: list[dict] = []
     with _progress_bar(len(files), "validating", progress) as bar:
-        for path in files:
+        for i in range(0, len(files), chunk):
+            part = files[i:i + chunk]
             try:
-                table = read_and_validate(path)
-            except FileNotFoundError:
-                continue
-            except Exception as exc:  # unreadable or invalid: keep it out of the remote, keep the file
-                store.quarantine(path, f"not pushed: {type(exc).__name__}: {exc}")
-                result.invalid.append(path.name)
-                continue
-            records.extend(r for r in S.table_to_records(table) if r["record_id"] not in pushed)
-            bar.update(1)
+                # DuckDB reads many small Parquet files several times faster than pyarrow here.
+                listing = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in part) + "]"
+                table = duckdb.connect().sql(f"SELECT * FROM read_parquet({listing})").to_arrow_table()
+                if S.validate_table(table):
+                    raise ValueError("invalid rows")
+                rows = S.table_to_records(table)
+            except Exception:  # includes a file removed meanwhile, another version, a corrupt file
+                rows = [r for p in part for r in _read_one(store, p, result)]
+            records.extend(r for r in rows if r["record_id"] not in pushed)
+            bar.update(len(part))
     return records
 
 
