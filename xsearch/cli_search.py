@@ -1,0 +1,173 @@
+"""``xsearch run``: the budget-aware search from the command line, with a live progress view."""
+from __future__ import annotations
+
+import re
+import sys
+import time
+from typing import Any
+
+import click
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float:
+    """'300', '300s', '5m', '1.5h' -> seconds."""
+    m = _DURATION_RE.match(str(text))
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a duration (e.g. 300s, 5m, 1h)")
+    value, unit = float(m.group(1)), (m.group(2) or "s").lower()
+    return value * {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[unit]
+
+
+def _fmt_cfg(cfg: dict[str, Any]) -> str:
+    method = cfg.get("ft_method")
+    parts = [str(method)]
+    if method == "lora":
+        parts.append(f"r={cfg.get('peft_lora_r')}")
+    if method == "partial":
+        parts.append(f"top{cfg.get('ft_trainable_layers')}")
+    parts += [f"lr={cfg.get('train_learning_rate'):g}", f"ep={cfg.get('train_epochs')}",
+              f"bs={cfg.get('train_batch_size')}", f"len={cfg.get('train_max_seq_length')}"]
+    model = str(cfg.get("model_name", "")).split("/")[-1]
+    return f"{model} " + " ".join(parts)
+
+
+class ProgressView:
+    """A rich live view: generation, incumbent, evaluations, skipped candidates, budget left."""
+
+    def __init__(self, console: Any) -> None:
+        self.console = console
+        self.search: Any = None
+        self.budget_s = 0.0
+        self.current: str | None = None
+        self.current_t0 = 0.0
+        self.lines: list[str] = []
+        self.live: Any = None
+
+    def __rich__(self) -> Any:
+        from rich.panel import Panel
+        from rich.table import Table
+        t = Table.grid(padding=(0, 2))
+        t.add_column(style="bold")
+        t.add_column()
+        s = self.search
+        if s is not None:
+            used = s.used_s
+            left = max(self.budget_s - used, 0.0)
+            inc = max((o for o in s.results.values() if o.ok), key=lambda o: o.quality, default=None)
+            t.add_row("generation", str(s.generation))
+            t.add_row("evaluations", f"{len(s.evaluations)}  (failed {sum(1 for e in s.evaluations if e.outcome.status in ('failed', 'oom', 'timeout'))})")
+            t.add_row("skipped", ", ".join(f"{k}={v}" for k, v in s.skipped.items()) or "0")
+            t.add_row("incumbent", f"F1 {inc.quality:.4f}  {_fmt_cfg(inc.config)}" if inc else "-")
+            t.add_row("budget", f"{used:,.0f} s used, {left:,.0f} s left of {self.budget_s:,.0f} s"
+                      + (f"; {s.used_kwh:.5f} kWh" if s.used_kwh else ""))
+            if self.current:
+                t.add_row("running", f"{self.current}  ({time.monotonic() - self.current_t0:.0f} s)")
+        for ln in self.lines[-8:]:
+            t.add_row("", ln)
+        return Panel(t, title="xsearch run", border_style="cyan")
+
+    def event(self, kind: str, info: dict[str, Any]) -> None:
+        if "search" in info:
+            self.search = info["search"]
+        if kind == "status":
+            self.console.print(f"[dim]{info['message']}[/dim]")
+        elif kind == "begin":
+            self.budget_s = info["budget_s"]
+            warm = "warm-started from " + ", ".join(str(s.get("task_name", s)) for s in info["similar_tasks"][:5]) \
+                if info["warm_started"] else "zero-shot (no similar past tasks)"
+            self.console.print(f"search [bold]{info['search_id']}[/bold]: {warm}")
+        elif kind == "start":
+            self.current, self.current_t0 = _fmt_cfg(info["config"]), time.monotonic()
+        elif kind == "evaluated":
+            ev = info["evaluation"]
+            o = ev.outcome
+            q = f"F1 {o.quality:.4f}" if o.quality is not None else o.status
+            src = " (from the journal)" if o.from_journal else f" in {o.wall_s:.0f} s"
+            self.lines.append(f"[{'green' if o.ok else 'red'}]{q}[/]{src}  {_fmt_cfg(o.config)}")
+            self.current = None
+        elif kind == "skipped":
+            self.lines.append(f"[yellow]skipped[/] ({info['reason']})  {_fmt_cfg(info['config'])}")
+        if self.live is not None:
+            self.live.refresh()
+
+
+def register(main: click.Group) -> None:
+    @main.command("run")
+    @click.option("--data", type=click.Path(exists=True), default=None,
+                  help="CSV/TSV/JSON/JSONL/Parquet file or a datasets directory (default: the shipped "
+                       "examples/data/sms_spam_600.parquet).")
+    @click.option("--text-column", default="text", show_default=True)
+    @click.option("--label-column", default="label", show_default=True)
+    @click.option("--budget", default="5m", show_default=True, help="Wall-time budget (e.g. 300s, 5m, 1h).")
+    @click.option("--energy-budget", type=float, default=None, help="Energy budget in kWh.")
+    @click.option("--max-evals", type=click.IntRange(1), default=None, help="Maximum number of evaluations.")
+    @click.option("--space", "space_path", type=click.Path(exists=True, dir_okay=False), default=None,
+                  help="Search space file (YAML/JSON; default: the shipped text-classification space).")
+    @click.option("--out", "out_dir", default="xsearch-out", show_default=True, type=click.Path(file_okay=False),
+                  help="Folder for leaderboard.csv, pareto.csv, pareto.png, best_config.py.")
+    @click.option("--resume", default=None, metavar="SEARCH_ID", help="Continue a search from its records.")
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--home", envvar="XLOG_HOME", type=click.Path(file_okay=False), default=None,
+                  help="Store root (default: $XLOG_HOME or ~/.cache/xlog).")
+    @click.option("--memory-limit", type=float, default=None, metavar="GB",
+                  help="Memory cap per candidate (address space on CPU, GPU memory on CUDA).")
+    @click.option("--population", type=click.IntRange(1), default=4, show_default=True, help="Candidates per generation.")
+    @click.option("--max-train", type=click.IntRange(2), default=None, help="Cap on training rows (stratified).")
+    @click.option("--max-candidate-time", default=None, help="Time limit per candidate (default: half the budget).")
+    @click.option("--zero-shot", is_flag=True, help="Ignore past experience: uniform start, no estimators.")
+    @click.option("--no-energy", is_flag=True, help="Do not meter energy (saves codecarbon's start-up per candidate).")
+    @click.option("--plain", is_flag=True, help="Plain line output instead of the live view.")
+    def run_cmd(data: str | None, text_column: str, label_column: str, budget: str, energy_budget: float | None,
+                max_evals: int | None, space_path: str | None, out_dir: str, resume: str | None, seed: int,
+                home: str | None, memory_limit: float | None, population: int, max_train: int | None,
+                max_candidate_time: str | None, zero_shot: bool, no_energy: bool, plain: bool) -> None:
+        """Search model x fine-tuning method x hyperparameters for a text-classification task
+        within a budget; every candidate is a real fine-tuning recorded in the store."""
+        from rich.console import Console
+        from rich.live import Live
+
+        from .data import DataError
+        from .space import SpaceError
+        from .search import run_search
+        budget_s = parse_duration(budget)
+        cand_s = parse_duration(max_candidate_time) if max_candidate_time else (None if resume else budget_s / 2)
+        console = Console(stderr=False)
+        view = ProgressView(console)
+        if plain or not console.is_terminal:
+            def on_event(kind: str, info: dict[str, Any]) -> None:
+                view.event(kind, info)
+                if kind in ("evaluated", "skipped"):
+                    console.print(view.lines[-1])
+            live = None
+        else:
+            live = Live(view, console=console, refresh_per_second=2, transient=False)
+            view.live = live
+            on_event = view.event
+        try:
+            if live is not None:
+                live.start()
+            result, paths = run_search(
+                data=data, text_column=text_column, label_column=label_column,
+                budget_s=budget_s if (not resume or "--budget" in sys.argv) else 0.0,
+                energy_budget_kwh=energy_budget, max_evals=max_evals, space_path=space_path, out_dir=out_dir,
+                resume=resume, seed=seed, store_root=home, memory_limit_gb=memory_limit, population=population,
+                max_train=max_train, warm=not zero_shot, use_estimators=not zero_shot, energy=not no_energy,
+                max_candidate_s=cand_s, on_event=on_event)
+        except (DataError, SpaceError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            if live is not None:
+                live.stop()
+        best = result.incumbent
+        console.print(f"\nsearch [bold]{result.search_id}[/bold] stopped: {result.stop_reason}; "
+                      f"{len(result.evaluations)} evaluations ({result.n_failed} failed), "
+                      f"{sum(result.skipped.values())} skipped, {result.used_s:.0f} s of {result.budget_s:.0f} s used")
+        if best is not None:
+            console.print(f"best: macro F1 {best.quality:.4f}  {_fmt_cfg(best.config)}  (record {best.record_id})")
+        else:
+            console.print("no candidate completed")
+        for name, p in paths.items():
+            console.print(f"  {name}: {p}")
+        console.print(f"resume with: xsearch run --resume {result.search_id}")

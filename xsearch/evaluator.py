@@ -1,0 +1,274 @@
+"""The subprocess evaluator: each candidate is a real fine-tuning in its own process, with a time
+limit and a memory limit, so that a crash, an OOM or a hang ends that candidate, not the search.
+
+Processes are forked from a fork server (``python -m xsearch.worker --serve``) that has already
+imported torch/transformers: a candidate starts in well under a second instead of ~7 s of imports,
+and the caller's ``__main__`` is never re-imported (unlike multiprocessing's spawn/forkserver). The outcome is read back from the candidate's record in
+the store (the record id is chosen here and handed to the worker). At the time limit the process
+gets SIGTERM with ``XLOG_SIGTERM_STATUS=timeout`` (so xlog records a timeout), then SIGKILL after a
+grace period; a process that dies without a record gets a minimal schema-valid stand-in record
+(status timeout / oom / failed, with its config) so that no experience is lost.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+from xlog import __version__ as XLOG_VERSION
+from xlog import schema as S
+from xlog.privacy import scrub_text
+from xlog.store import LocalStore, read_and_validate
+
+from .space import SearchSpace, config_key
+
+log = logging.getLogger("xsearch.evaluator")
+FINISHED = ("completed", "failed", "oom", "timeout")  # "interrupted" runs may be run again
+_OOM_MARKERS = ("can't allocate memory", "cannot allocate memory", "out of memory", "memoryerror",
+                "std::bad_alloc", "memory allocation of")
+
+
+@dataclass
+class Outcome:
+    """What one evaluation of a candidate gave."""
+
+    config: dict[str, Any]
+    status: str
+    quality: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    runtime_s: float | None = None  # training + evaluation time the record logs
+    wall_s: float = 0.0  # budget charged for this evaluation (wall clock, or logged time in replay)
+    energy_kwh: float | None = None
+    record_id: str | None = None
+    error: str | None = None
+    from_journal: bool = False
+
+    @property
+    def key(self) -> str:
+        return config_key(self.config)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed" and self.quality is not None
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any], config: Mapping[str, Any], wall_s: float | None = None) -> "Outcome":
+        q = rec.get("outcome_primary_value")
+        metrics = rec.get("outcome_metrics") or {}
+        if isinstance(metrics, list):
+            metrics = dict(metrics)
+        # F1 is the search's objective: a record whose primary metric is another one still has eval_f1.
+        if rec.get("outcome_primary_metric") not in (None, "eval_f1") and "eval_f1" in metrics:
+            q = metrics["eval_f1"]
+        runtime = rec.get("outcome_total_runtime_s") or rec.get("outcome_train_runtime_s")
+        if wall_s is None:
+            wall_s = float(runtime or 0.0)
+        q = float(q) if q is not None and math.isfinite(float(q)) else None
+        return cls(dict(config), str(rec.get("status")), q, {k: float(v) for k, v in metrics.items() if v is not None},
+                   float(runtime) if runtime is not None else None, float(wall_s),
+                   float(rec["energy_kwh"]) if rec.get("energy_kwh") is not None else None,
+                   rec.get("record_id"), rec.get("error_message"))
+
+
+class Evaluator(Protocol):
+    def evaluate(self, config: dict[str, Any], timeout_s: float) -> Outcome: ...
+
+    def close(self) -> None: ...
+
+
+def find_record(store: LocalStore, record_id: str) -> dict | None:
+    """The record with this id (None if absent; a corrupt file is quarantined by the store)."""
+    for path in store.records_dir.glob(f"*/{record_id}.parquet"):
+        try:
+            return S.table_to_records(read_and_validate(path))[0]
+        except Exception as exc:
+            store.quarantine(path, f"{type(exc).__name__}: {exc}")
+    return None
+
+
+def stand_in_record(record_id: str, config: Mapping[str, Any], status: str, error_type: str, message: str,
+                    started: datetime, wall_s: float, search_id: str | None,
+                    defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A minimal schema-valid record for a candidate whose process died before writing one."""
+    rec: dict[str, Any] = {name: None for name in S.field_names()}
+    known = set(rec)
+    rec.update({k: v for k, v in (defaults or {}).items() if k in known})
+    rec.update({k: v for k, v in config.items() if k in known and v is not None})
+    if rec.get("train_epochs") is not None:
+        rec["train_epochs"] = float(rec["train_epochs"])
+    for k in ("train_learning_rate", "train_warmup_ratio", "train_weight_decay", "peft_lora_alpha", "peft_lora_dropout"):
+        if rec.get(k) is not None:
+            rec[k] = float(rec[k])
+    if config.get("ft_method") == "lora":
+        rec["peft_type"] = "LORA"
+    rec.update(record_id=record_id, schema_version=S.CURRENT_VERSION, created_at=started,
+               ended_at=datetime.now(timezone.utc), xlog_version=XLOG_VERSION, source="xsearch",
+               search_id=search_id, status=status, error_type=error_type,
+               error_message=scrub_text(message)[:2000] if message else None,
+               outcome_total_runtime_s=float(wall_s), energy_source="none")
+    problems = S.validate_record(rec)
+    for p in problems:  # drop whatever a default got wrong rather than lose the record
+        rec[p.split(":", 1)[0]] = None
+    return rec
+
+
+def _log_tail(path: Path, n: int = 4000) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+class SubprocessEvaluator:
+    """Runs candidates as real Trainer fine-tunings in isolated processes.
+
+    Args:
+        task_dir: directory with train.parquet / eval.parquet / labels.json (``TaskData.save``).
+        space: the search space (model loading specs, other peft methods' arguments).
+        store: the xlog store the records go to. search_id: set on every record.
+        memory_limit_gb: cap per candidate (address space on CPU, GPU memory share on CUDA); None = no cap.
+        grace_s: seconds between SIGTERM and SIGKILL at the time limit.
+        record_defaults: task_*/hw_* fields for stand-in records of candidates that died early.
+    """
+
+    def __init__(self, task_dir: Path, space: SearchSpace, store: LocalStore, search_id: str,
+                 task_name: str | None = None, memory_limit_gb: float | None = None, grace_s: float = 5.0,
+                 energy: bool = True, seed: int = 0, work_dir: Path | None = None,
+                 record_defaults: Mapping[str, Any] | None = None):
+        self.task_dir, self.space, self.store = Path(task_dir), space, store
+        self.search_id, self.task_name = search_id, task_name
+        self.memory_limit_gb, self.grace_s = memory_limit_gb, grace_s
+        self.energy, self.seed = energy, seed
+        self._own_work_dir = work_dir is None
+        self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="xsearch-"))
+        self.record_defaults = dict(record_defaults or {})
+        self._server: subprocess.Popen | None = None
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._n = 0
+
+    def warm_up(self) -> None:
+        """Start the fork server now (it imports torch/transformers once, ~7 s)."""
+        if self._server is not None and self._server.poll() is None:
+            return
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        # The worker must import this very xsearch (an editable checkout or not installed at all).
+        root = str(Path(__file__).resolve().parent.parent)
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONPATH=path)
+        self._server = subprocess.Popen([sys.executable, "-m", "xsearch.worker", "--serve"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True,
+                                        bufsize=1, cwd=str(self.work_dir))
+        self._lines = queue.Queue()
+        server = self._server
+
+        def pump() -> None:
+            assert server.stdout is not None
+            for line in server.stdout:
+                self._lines.put(line.strip())
+            self._lines.put("eof")
+        threading.Thread(target=pump, name="xsearch-forkserver-reader", daemon=True).start()
+        self._expect(lambda ln: ln == "ready", timeout=300)
+
+    def _expect(self, match: Any, timeout: float | None) -> str | None:
+        """The next protocol line that matches (None at the timeout)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                return None
+            if line == "eof":
+                raise RuntimeError("the xsearch fork server died (see the worker logs in " + str(self.work_dir) + ")")
+            if match(line):
+                return line
+
+    def evaluate(self, config: dict[str, Any], timeout_s: float) -> Outcome:
+        self._n += 1
+        cand_dir = self.work_dir / f"candidate-{self._n:04d}"
+        cand_dir.mkdir(parents=True, exist_ok=True)
+        record_id = S.new_record_id()
+        method = str(config.get("ft_method"))
+        job = {"config": config, "data_dir": str(self.task_dir), "store": str(self.store.root),
+               "search_id": self.search_id, "task_name": self.task_name, "record_id": record_id,
+               "model_spec": self.space.model_spec(config["model_name"]),
+               "method_spec": self.space.methods.get(method, {}), "seed": self.seed,
+               "output_dir": str(cand_dir / "trainer"), "result_path": str(cand_dir / "result.json"),
+               "memory_limit_bytes": int(self.memory_limit_gb * 2**30) if self.memory_limit_gb else None,
+               "energy": self.energy, "parent_pid": os.getpid()}
+        job_path, log_path = cand_dir / "job.json", cand_dir / "worker.log"
+        job_path.write_text(json.dumps(job), encoding="utf-8")
+        started = datetime.now(timezone.utc)
+        t0 = time.monotonic()
+        self.warm_up()
+        assert self._server is not None and self._server.stdin is not None
+        self._server.stdin.write(f"run {job_path} {log_path}\n")
+        self._server.stdin.flush()
+        pid = int(self._expect(lambda ln: ln.startswith("pid "), timeout=60).split()[1])  # type: ignore[union-attr]
+
+        def ended(wait: float | None) -> str | None:
+            return self._expect(lambda ln: ln.startswith(f"exit {pid} "), timeout=wait)
+        line = ended(max(timeout_s, 0.0))
+        timed_out = line is None
+        if timed_out:
+            log.info("candidate %s reached its time limit (%.0f s): SIGTERM", self._n, timeout_s)
+            _signal(pid, signal.SIGTERM)
+            line = ended(self.grace_s)
+            if line is None:
+                log.info("candidate %s ignored SIGTERM for %.0f s: SIGKILL", self._n, self.grace_s)
+                _signal(pid, signal.SIGKILL)
+                line = ended(None)
+        wall = time.monotonic() - t0
+        code = int(line.split()[2]) if line else None
+        rec = find_record(self.store, record_id)
+        if rec is None:
+            tail = _log_tail(log_path)
+            if timed_out:
+                status, etype, msg = "timeout", "Timeout", f"no record: killed at the time limit of {timeout_s:.0f} s"
+            elif any(m in tail.lower() for m in _OOM_MARKERS) or (code == -signal.SIGKILL and self.memory_limit_gb):
+                status, etype, msg = "oom", "OutOfMemory", f"process died out of memory (exit {code}): {tail[-500:]}"
+            else:
+                status, etype = "failed", "ProcessDied"
+                last = [ln for ln in tail.strip().splitlines() if ln.strip()]
+                msg = f"process exited with code {code} before recording: {last[-1] if last else ''}"
+            rec = stand_in_record(record_id, config, status, etype, msg, started, wall, self.search_id,
+                                  {**self.record_defaults, "task_name": self.task_name})
+            self.store.write(rec)
+        out = Outcome.from_record(rec, config, wall_s=wall)
+        return out
+
+    def close(self) -> None:
+        if self._server is not None:
+            if self._server.stdin is not None:
+                self._server.stdin.close()  # the server exits when its input closes
+            try:
+                self._server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._server.kill()
+            self._server = None
+        if self._own_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def _signal(pid: int | None, sig: int) -> None:
+    if pid is None:
+        return
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

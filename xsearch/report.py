@@ -1,0 +1,192 @@
+"""What a search leaves in its output folder: leaderboard.csv, pareto.csv, pareto.png (quality vs
+cost, front highlighted), best_config.py (a ready-to-run training script) and summary.json."""
+from __future__ import annotations
+
+import json
+import pprint
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from .space import SearchSpace
+
+if TYPE_CHECKING:
+    from .search import SearchResult
+
+LEADERBOARD = "leaderboard.csv"
+PARETO_CSV = "pareto.csv"
+PARETO_PNG = "pareto.png"
+BEST_CONFIG = "best_config.py"
+SUMMARY = "summary.json"
+
+
+def leaderboard(result: "SearchResult") -> pd.DataFrame:
+    """One row per evaluation, best first (completed by F1, then the failures)."""
+    front = {id(o) for o in result.pareto()}
+    rows = []
+    for ev in result.evaluations:
+        o = ev.outcome
+        row: dict[str, Any] = {
+            "status": o.status, "eval_f1": o.quality, "eval_accuracy": o.metrics.get("eval_accuracy"),
+            "runtime_s": o.runtime_s, "wall_s": o.wall_s, "energy_kwh": o.energy_kwh,
+            "pareto": id(o) in front, "generation": ev.generation, "from_journal": o.from_journal,
+            "predicted_quality": ev.predicted.get("quality"), "predicted_wall_s": ev.predicted.get("wall_s"),
+            "predicted_p_fail": ev.predicted.get("p_fail"), "record_id": o.record_id, "error": o.error,
+        }
+        row.update(o.config)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if len(df) == 0:
+        return df
+    df["_ok"] = df["status"].eq("completed") & df["eval_f1"].notna()
+    df = df.sort_values(["_ok", "eval_f1", "runtime_s"], ascending=[False, False, True]).drop(columns="_ok")
+    df.insert(0, "rank", range(1, len(df) + 1))
+    return df.reset_index(drop=True)
+
+
+def plot_pareto(board: pd.DataFrame, path: Path, title: str) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ok = board[board["status"].eq("completed") & board["eval_f1"].notna()] if len(board) else board
+    if len(ok):
+        for method, g in ok.groupby(ok["ft_method"].astype(str)):
+            ax.scatter(g["runtime_s"], g["eval_f1"], alpha=0.6, label=f"{method}")
+        front = ok[ok["pareto"]].sort_values("runtime_s")
+        ax.step(front["runtime_s"], front["eval_f1"], where="post", color="black", linewidth=1.2)
+        ax.scatter(front["runtime_s"], front["eval_f1"], s=90, facecolors="none", edgecolors="black",
+                   linewidths=1.5, label="Pareto front")
+    failed = board[~board.index.isin(ok.index)] if len(board) else board
+    if len(failed):
+        ax.scatter(failed["wall_s"], [0.0] * len(failed), marker="x", color="red",
+                   label=f"failed / oom / timeout ({len(failed)})")
+    ax.set_xlabel("cost: runtime (s)")
+    ax.set_ylabel("quality: macro F1 (validation)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def best_config_snippet(config: dict[str, Any], space: SearchSpace, data: str | None, text_column: str,
+                        label_column: str, quality: float | None, search_id: str) -> str:
+    """A standalone training script for the best config (plain transformers/peft + XLogCallback)."""
+    name = config["model_name"]
+    spec = space.model_spec(name)
+    method = config["ft_method"]
+    lines = [
+        f'"""Best configuration of xsearch search {search_id} (validation macro F1 {quality:.4f}).' if quality is not None
+        else f'"""Best configuration of xsearch search {search_id}.',
+        "",
+        "Run: python best_config.py  (it trains on the same data and records the run with xlog).",
+        '"""',
+        "import numpy as np",
+        "from sklearn.metrics import accuracy_score, f1_score",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments",
+        "import datasets",
+        "",
+        "from xlog import XLogCallback",
+        "from xsearch.data import load_task",
+        "",
+        f"CONFIG = {pprint.pformat(config, sort_dicts=False, width=100)}",
+        "",
+        f"task = load_task({data!r}, text_column={text_column!r}, label_column={label_column!r})",
+    ]
+    if name.startswith("tiny:"):
+        lines += ["from xsearch.worker import build_model  # tiny models are built from a config",
+                  "model, tok = build_model(CONFIG, {}, len(task.labels), task.train['text'].tolist())"]
+    else:
+        if spec.get("package"):
+            lines += [f"import {spec['package']}", f"MODEL = {spec['package']}.get_model_path()  # {name}"]
+        elif spec.get("path"):
+            lines += [f"MODEL = {spec['path']!r}  # {name}"]
+        else:
+            lines += [f"MODEL = {name!r}"]
+        lines += ["tok = AutoTokenizer.from_pretrained(MODEL)",
+                  "model = AutoModelForSequenceClassification.from_pretrained(MODEL, num_labels=len(task.labels))"]
+    if method == "lora":
+        targets = spec.get("lora_target_modules")
+        lines += ["from peft import LoraConfig, TaskType, get_peft_model",
+                  f"model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r={config['peft_lora_r']}, "
+                  f"lora_alpha={config.get('peft_lora_alpha') or 2 * int(config['peft_lora_r'])}, "
+                  f"lora_dropout={config.get('peft_lora_dropout') or 0.0}, target_modules={list(targets) if targets else None}))"]
+    elif method == "partial":
+        lines += ["from xsearch.worker import apply_method  # freeze all but the top layers + classifier",
+                  "model = apply_method(model, CONFIG, {}, {})"]
+    elif method != "full":
+        lines += ["from xsearch.worker import apply_method",
+                  f"model = apply_method(model, CONFIG, {spec!r}, {space.methods.get(method, {})!r})"]
+    lines += [
+        "",
+        "def tokenize(batch):",
+        "    return tok(batch['text'], truncation=True, max_length=CONFIG['train_max_seq_length'])",
+        "",
+        "train = datasets.Dataset.from_pandas(task.train).map(tokenize, batched=True)",
+        "evaluation = datasets.Dataset.from_pandas(task.eval).map(tokenize, batched=True)",
+        "",
+        "def metrics(p):",
+        "    preds = np.argmax(p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions, axis=-1)",
+        "    return {'accuracy': accuracy_score(p.label_ids, preds), 'f1': f1_score(p.label_ids, preds, average='macro')}",
+        "",
+        "args = TrainingArguments(",
+        "    output_dir='best-config-run', report_to=[], save_strategy='no', eval_strategy='epoch',",
+        "    learning_rate=CONFIG['train_learning_rate'], num_train_epochs=CONFIG['train_epochs'],",
+        "    per_device_train_batch_size=CONFIG['train_batch_size'],",
+        "    warmup_steps=CONFIG.get('train_warmup_ratio') or 0.0,  # a ratio when < 1",
+        "    weight_decay=CONFIG.get('train_weight_decay') or 0.0,",
+        "    lr_scheduler_type=CONFIG.get('train_lr_scheduler') or 'linear')",
+        "trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=tok,",
+        "                  data_collator=DataCollatorWithPadding(tok), compute_metrics=metrics,",
+        "                  callbacks=[XLogCallback(model_name=CONFIG['model_name'],",
+        "                                          max_seq_length=CONFIG['train_max_seq_length'], primary_metric='eval_f1')])",
+        "trainer.train()",
+        "print(trainer.evaluate())",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_reports(result: "SearchResult", space: SearchSpace, out_dir: Path, data: str | None = None,
+                  text_column: str = "text", label_column: str = "label", extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write every output file; returns their paths by name."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    board = leaderboard(result)
+    paths: dict[str, Path] = {}
+    paths["leaderboard"] = out_dir / LEADERBOARD
+    board.to_csv(paths["leaderboard"], index=False)
+    front = board[board["pareto"]] if len(board) else board
+    paths["pareto_csv"] = out_dir / PARETO_CSV
+    front.to_csv(paths["pareto_csv"], index=False)
+    paths["pareto_png"] = plot_pareto(board, out_dir / PARETO_PNG,
+                                      f"search {result.search_id}: {len(board)} evaluations")
+    best = result.incumbent
+    if best is not None:
+        paths["best_config"] = out_dir / BEST_CONFIG
+        paths["best_config"].write_text(best_config_snippet(best.config, space, data, text_column, label_column,
+                                                            best.quality, result.search_id), encoding="utf-8")
+    summary = summary_dict(result)
+    summary.update(extra or {})
+    paths["summary"] = out_dir / SUMMARY
+    paths["summary"].write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    return paths
+
+
+def summary_dict(result: "SearchResult") -> dict[str, Any]:
+    best = result.incumbent
+    statuses: dict[str, int] = {}
+    for o in result.outcomes:
+        statuses[o.status] = statuses.get(o.status, 0) + 1
+    return {
+        "search_id": result.search_id, "best_f1": best.quality if best else None,
+        "best_config": best.config if best else None, "best_record_id": best.record_id if best else None,
+        "evaluations": len(result.evaluations), "statuses": statuses, "failures": result.n_failed,
+        "skipped": dict(result.skipped), "skipped_total": int(sum(result.skipped.values())),
+        "generations": result.generations, "budget_s": result.budget_s, "used_s": round(result.used_s, 1),
+        "used_kwh": result.used_kwh, "stop_reason": result.stop_reason,
+        "pareto_size": len(result.pareto()),
+    }
