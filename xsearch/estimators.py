@@ -38,28 +38,23 @@ MAX_CATEGORIES = 250  # HistGradientBoosting handles at most 255 bins per catego
 def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Records (dicts) as a DataFrame with every schema column, even when there are none."""
     df = pd.DataFrame(list(records))
-    for name in S.field_names():
-        if name not in df.columns:
-            df[name] = None
+    missing = [n for n in S.field_names() if n not in df.columns]
+    if missing:
+        df = pd.concat([df, pd.DataFrame({n: [None] * len(df) for n in missing}, index=df.index, dtype=object)], axis=1)
     return df
 
 
 def load_experiences(home: str | Path | None = None) -> pd.DataFrame:
-    """All experience records of a store (one row per run, record columns).
+    """All experience records under an XLOG_HOME (one row per run, record columns): the local
+    store and every pulled mirror, through the DuckDB ``experiences`` view of ``xsearch.db``."""
+    from . import db
+    return db.to_pandas("SELECT * FROM experiences", home)
 
-    Reads through ``xsearch.db`` (DuckDB over the local store and pulled data) when it is
-    installed, else straight from the local Parquet store.
-    """
-    try:
-        from . import db  # type: ignore[attr-defined]
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.db":
-            raise
-        db = None
-    if db is not None and hasattr(db, "to_pandas"):
-        return db.to_pandas("SELECT * FROM experiences", home)
+
+def default_path(home: str | Path | None = None) -> Path:
+    """Where ``xsearch estimators --fit`` saves by default: HOME/estimators/estimators.joblib."""
     from xlog.store import LocalStore
-    return records_frame(LocalStore(home).records())
+    return LocalStore(home).root / "estimators" / "estimators.joblib"
 
 
 # ---- targets --------------------------------------------------------------------------------
@@ -209,8 +204,13 @@ class Estimators:
     others stay unfitted and predict NaN, so with an empty or tiny store the search runs zero-shot.
     """
 
-    def __init__(self, quality_metric: str | None = None, min_rows: int = 8, random_state: int = 0) -> None:
+    def __init__(self, quality_metric: str | None = None, min_rows: int = 8, random_state: int = 0,
+                 targets: Iterable[str] | None = None) -> None:
         self.quality_metric = quality_metric
+        self.wanted = list(targets) if targets is not None else list(PREDICTION_COLUMNS)
+        unknown = set(self.wanted) - set(PREDICTION_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown estimator(s) {sorted(unknown)}; choose from {PREDICTION_COLUMNS}")
         self.quality_sign = 1.0
         self.min_rows = min_rows
         self.random_state = random_state
@@ -246,6 +246,18 @@ class Estimators:
             l2_regularization=1.0, categorical_features=self.encoder.categorical_mask,
             random_state=self.random_state)
 
+    def targets(self, experiences: pd.DataFrame) -> dict[str, pd.Series]:
+        """The training target of each estimator per record (NaN where a record cannot teach it)."""
+        metric = self.quality_metric or choose_quality_metric(experiences)
+        sign = quality_direction(experiences, metric) if metric else 1.0
+        return {"quality": quality_target(experiences, metric, sign), "runtime_s": runtime_target(experiences),
+                "energy_kwh": energy_target(experiences), "p_fail": failure_target(experiences),
+                "p_oom": failure_target(experiences, ("oom",))}
+
+    def usable_rows(self, experiences: pd.DataFrame) -> dict[str, int]:
+        """How many records each estimator could learn from."""
+        return {name: int(y.notna().sum()) for name, y in self.targets(experiences).items()}
+
     def fit(self, experiences: pd.DataFrame) -> "Estimators":
         """Train on experience records (one row per run); returns self."""
         # One OpenMP thread: these data sets are small, and on a busy machine OpenMP's spinning
@@ -271,12 +283,11 @@ class Estimators:
         X = feature_matrix(exp)
         self.encoder = _Encoder().fit(X)
         Xa = self.encoder.transform(X)
-        targets = {
-            "quality": (quality_target(exp, self.quality_metric, self.quality_sign), None),
-            "runtime_s": (runtime_target(exp), np.log),
-            "energy_kwh": (energy_target(exp), np.log),
-        }
-        for name, (y, transform) in targets.items():
+        y_all = self.targets(exp)
+        for name, transform in (("quality", None), ("runtime_s", np.log), ("energy_kwh", np.log)):
+            if name not in self.wanted:
+                continue
+            y = y_all[name]
             ok = y.notna().to_numpy()
             self.n_rows[name] = int(ok.sum())
             if ok.sum() < self.min_rows:
@@ -286,8 +297,10 @@ class Estimators:
             model = self._regressor(int(ok.sum()))
             model.fit(Xa[ok], transform(yt) if transform else yt)
             self.models[name] = model
-        for name, statuses in (("p_fail", FAILED_STATUSES), ("p_oom", ("oom",))):
-            y = failure_target(exp, statuses)
+        for name in ("p_fail", "p_oom"):
+            if name not in self.wanted:
+                continue
+            y = y_all[name]
             ok = y.notna().to_numpy()
             self.n_rows[name] = int(ok.sum())
             if ok.sum() < self.min_rows:
@@ -395,8 +408,7 @@ class Estimators:
 def _group_labels(experiences: pd.DataFrame, group_by: str) -> pd.Series:
     if group_by not in experiences.columns:
         raise ValueError(f"cannot group by {group_by!r}: not a column of the experiences")
-    return experiences[group_by].map(lambda v: "<none>" if v is None or (isinstance(v, float) and math.isnan(v))
-                                     else str(v))
+    return experiences[group_by].astype(object).map(lambda v: "<none>" if v is None or pd.isna(v) else str(v))
 
 
 def grouped_folds(experiences: pd.DataFrame, group_by: str = "task_name",
@@ -443,7 +455,7 @@ def _mean_or_none(xs: list[float | None]) -> float | None:
 
 
 def grouped_cv_report(experiences: pd.DataFrame, group_by: str = "task_name", n_splits: int = 5,
-                      random_state: int = 0, n_random: int = 20,
+                      random_state: int = 0, n_random: int = 20, targets: Iterable[str] | None = None,
                       splitter: Callable[[pd.DataFrame], list[tuple[np.ndarray, np.ndarray]]] | None = None
                       ) -> dict[str, Any]:
     """Cross-validation that holds out whole groups (tasks or models): every record is predicted
@@ -451,22 +463,20 @@ def grouped_cv_report(experiences: pd.DataFrame, group_by: str = "task_name", n_
     quality and cost (runtime, energy) Spearman rank correlation and MAE against a mean
     predictor (the training fold's mean) and a random ranker (random draws of training targets);
     failure and OOM ROC-AUC against random scores. ``splitter`` replaces the grouped folds
-    (only to show what leakage would look like)."""
+    (only to show what leakage would look like); ``targets`` limits the estimators evaluated."""
     exp = experiences.reset_index(drop=True)
     groups = _group_labels(exp, group_by).to_numpy()
     folds = splitter(exp) if splitter else grouped_folds(exp, group_by, n_splits)
     metric = choose_quality_metric(exp)  # a name only: the same target in every fold
     sign = quality_direction(exp, metric) if metric else 1.0
-    truth = {"quality": quality_target(exp, metric, sign).to_numpy(),
-             "runtime_s": runtime_target(exp).to_numpy(), "energy_kwh": energy_target(exp).to_numpy(),
-             "p_fail": failure_target(exp).to_numpy(), "p_oom": failure_target(exp, ("oom",)).to_numpy()}
+    truth = {t: y.to_numpy(dtype=float) for t, y in Estimators(quality_metric=metric).targets(exp).items()}
     pred = {t: np.full(len(exp), np.nan) for t in PREDICTION_COLUMNS}
     mean_pred = {t: np.full(len(exp), np.nan) for t in PREDICTION_COLUMNS}
     rng = np.random.default_rng(random_state)
     random_pred = {t: np.full((n_random, len(exp)), np.nan) for t in PREDICTION_COLUMNS}
     fold_info = []
     for i, (tr, te) in enumerate(folds):
-        est = Estimators(quality_metric=metric, random_state=random_state).fit(exp.iloc[tr])
+        est = Estimators(quality_metric=metric, random_state=random_state, targets=targets).fit(exp.iloc[tr])
         trained_on = set(est.training_groups.get(group_by, [])) if group_by in ("task_name", "model_name") \
             else set(groups[tr])
         test_groups = set(groups[te])
@@ -482,7 +492,7 @@ def grouped_cv_report(experiences: pd.DataFrame, group_by: str = "task_name", n_
                 mean_pred[t][te] = y_tr.mean()
                 random_pred[t][:, te] = rng.choice(y_tr, size=(n_random, len(te))) if t not in ("p_fail", "p_oom") \
                     else rng.random((n_random, len(te)))
-    targets: dict[str, Any] = {}
+    results: dict[str, Any] = {}
     for t in ("quality", "runtime_s", "energy_kwh"):
         ok = ~np.isnan(truth[t]) & ~np.isnan(pred[t])
         y, g = truth[t][ok], groups[ok]
@@ -496,7 +506,7 @@ def grouped_cv_report(experiences: pd.DataFrame, group_by: str = "task_name", n_
             entry["random"] = {"spearman": _mean_or_none([_spearman(r, y) for r in rp]),
                                "spearman_within_group": _mean_or_none([_within(r, y, g) for r in rp]),
                                "mae": float(np.nanmean(np.abs(rp - y)))}
-        targets[t] = entry
+        results[t] = entry
     for t in ("p_fail", "p_oom"):
         ok = ~np.isnan(truth[t]) & ~np.isnan(pred[t])
         y = truth[t][ok].astype(int)
@@ -505,9 +515,9 @@ def grouped_cv_report(experiences: pd.DataFrame, group_by: str = "task_name", n_
             entry["model"] = {"roc_auc": _auc(y, pred[t][ok])}
             entry["mean"] = {"roc_auc": _auc(y, mean_pred[t][ok]) if len(np.unique(y)) > 1 else None}
             entry["random"] = {"roc_auc": _mean_or_none([_auc(y, r) for r in random_pred[t][:, ok]])}
-        targets[t] = entry
+        results[t] = entry
     return {"group_by": group_by, "n_splits": len(folds), "n_records": len(exp), "n_groups": len(set(groups)),
-            "quality_metric": metric, "quality_sign": sign, "targets": targets, "folds": fold_info}
+            "quality_metric": metric, "quality_sign": sign, "targets": results, "folds": fold_info}
 
 
 def format_report(report: Mapping[str, Any]) -> str:

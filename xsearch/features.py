@@ -7,8 +7,7 @@ model's meta-data, the fine-tuning method and hyperparameters, and the hardware.
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -48,6 +47,10 @@ INPUT_COLUMNS = TASK_NUMERIC + TASK_CATEGORICAL + MODEL_NUMERIC + MODEL_CATEGORI
 MODEL_META_COLUMNS = MODEL_NUMERIC + ["model_type", "model_kind"]
 
 
+def _missing(v: Any) -> bool:
+    return v is None or (not isinstance(v, (str, list, tuple, dict)) and bool(pd.isna(v)))
+
+
 def _num(s: pd.Series) -> pd.Series:
     return pd.to_numeric(s, errors="coerce").astype(float)
 
@@ -68,7 +71,7 @@ def feature_matrix(rows: pd.DataFrame) -> pd.DataFrame:
     for c in TASK_NUMERIC + MODEL_NUMERIC + CONFIG_NUMERIC + HW_NUMERIC:
         df[c] = _num(df[c])
     for c in CATEGORICAL_FEATURES:
-        df[c] = df[c].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).lower())
+        df[c] = df[c].astype(object).map(lambda v: None if _missing(v) else str(v).lower())
 
     method = df["ft_method"]
     # LoRA hyperparameters only mean something for LoRA-like methods, layer counts only for partial
@@ -97,7 +100,8 @@ def feature_matrix(rows: pd.DataFrame) -> pd.DataFrame:
     # Activation memory ~ batch x sequence x hidden x layers: what makes big batch x long sequence OOM.
     act = df["train_batch_size"] * seq * df["model_hidden_size"] * df["model_n_layers"]
     df["log_act_memory"] = _log(act)
-    mem = df["hw_gpu_memory_gb"].where(df["hw_gpu_memory_gb"] > 0, _num(rows["hw_ram_gb"]) if "hw_ram_gb" in rows else np.nan)
+    # Memory of the device that holds the activations: the GPU, else (CPU training) system RAM.
+    mem = df["hw_gpu_memory_gb"].where(df["hw_gpu_memory_gb"] > 0, df["hw_ram_gb"])
     df["act_memory_per_gb"] = _log(act / mem)
     df["seq_over_tokens"] = seq / df["task_tokens_mean"]
     return df[FEATURES]
@@ -164,9 +168,3 @@ def task_features_of(experiences: pd.DataFrame, task_name: str) -> dict[str, Any
     if "task_type" in g.columns and g["task_type"].notna().any():
         out["task_type"] = g["task_type"].dropna().mode().iloc[0]
     return out
-
-
-def iter_config_columns(cols: Iterable[str]) -> list[str]:
-    """Columns of a record that are search decisions (config keys)."""
-    return [c for c in cols if c == "model_name" or c.startswith(("ft_method", "peft_", "train_"))
-            or c == "ft_trainable_layers"]
