@@ -5,7 +5,7 @@
 ``experiences`` reads them all with ``union_by_name`` (older schema versions lack columns, newer
 ones may add some), always has at least the current schema's columns (an empty store gives zero
 rows with those columns), and keeps one row per ``record_id`` (a local copy wins over a pulled
-one). The helper views come from ``schema/views.sql``.
+one; duplicates are found once, at connect). The helper views come from ``schema/views.sql``.
 
 The connection is locked down before it is returned: DuckDB may only read files inside the
 store, may not install or load extensions, and its configuration is locked. ``query`` /
@@ -84,15 +84,24 @@ def connect(home: str | os.PathLike | None = None, lock: bool = True) -> duckdb.
     # The empty table typed with the current schema guarantees its columns exist in the view.
     con.register("_xlog_empty", pa.table({n: pa.array([], type=f.type) for n, f in
                                           zip(S.arrow_schema().names, S.arrow_schema())}))
-    parts = ["SELECT *, 2 AS _origin FROM _xlog_empty"]
-    if local:
-        parts.append(f"SELECT *, 0 AS _origin FROM read_parquet({_sql_list(local)}, union_by_name = true)")
-    if pulled:
-        parts.append(f"SELECT *, 1 AS _origin FROM read_parquet({_sql_list(pulled)}, union_by_name = true)")
-    union = "\nUNION ALL BY NAME\n".join(parts)
-    con.execute(f"""CREATE VIEW experiences AS
-        SELECT * EXCLUDE (_origin) FROM ({union})
-        QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY _origin) = 1""")
+    parts = ["SELECT *, 2 AS _origin, '' AS _file FROM _xlog_empty"]
+    for origin, files in ((0, local), (1, pulled)):
+        if files:
+            parts.append(f"SELECT * EXCLUDE (filename), {origin} AS _origin, filename AS _file "
+                         f"FROM read_parquet({_sql_list(files)}, union_by_name = true, filename = true)")
+    con.execute("CREATE VIEW _xlog_all AS\n" + "\nUNION ALL BY NAME\n".join(parts))
+    # Dedup once here, not in every query: duplicates are rare (a record both local and pulled),
+    # so list the losing (record_id, file) copies in a small table and anti-join it. A window
+    # over every row in the view would cost each query a sort of the whole store.
+    con.execute("""CREATE TEMP TABLE _xlog_dup AS
+        SELECT record_id, _file FROM (
+            SELECT record_id, _file, row_number() OVER (PARTITION BY record_id ORDER BY _origin, _file) AS rn
+            FROM _xlog_all WHERE record_id IN (
+                SELECT record_id FROM _xlog_all GROUP BY record_id HAVING count(*) > 1))
+        WHERE rn > 1""")
+    con.execute("""CREATE VIEW experiences AS
+        SELECT * EXCLUDE (_origin, _file) FROM _xlog_all a
+        WHERE NOT EXISTS (SELECT 1 FROM _xlog_dup d WHERE d.record_id = a.record_id AND d._file = a._file)""")
     con.execute(views_sql())
     if lock:
         con.execute(f"SET allowed_directories = ['{str(root).rstrip('/')}/']")
