@@ -1,0 +1,120 @@
+"""The meta-dataset harness (benchmarks/metadataset/): its grid is a fixed set of points of its
+space, its plan covers every (task, config) pair once in round-robin order, its subsamples are
+deterministic and stratified, and the committed records are schema-valid, private and traceable
+to a task and a configuration."""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HARNESS = ROOT / "benchmarks" / "metadataset"
+sys.path.insert(0, str(HARNESS))
+
+import models as md_models  # noqa: E402
+import run as md_run  # noqa: E402
+import tasks as md_tasks  # noqa: E402
+
+DATA = ROOT / "benchmarks" / "data" / "metadataset_v1.parquet"
+
+
+@pytest.fixture(scope="module")
+def grid():
+    return md_run.load_grid(md_run.load_space(md_models.DEFAULT_CACHE))
+
+
+def test_grid_is_a_fixed_set_of_distinct_points_of_the_space(grid):
+    space = md_run.load_space(md_models.DEFAULT_CACHE)
+    assert 20 <= len(grid) <= 30
+    assert len({g["search_id"] for g in grid}) == len(grid)
+    for g in grid:
+        assert space.validate_config(g["config"]) == []
+        assert g["config"]["model_name"] in md_models.MODELS
+    methods = Counter((g["config"]["model_name"].split("@")[0], g["config"]["ft_method"]) for g in grid)
+    for base in (md_models.MINILM, md_models.SMOLLM2):
+        assert {m for (b, m) in methods if b == base} == {"full", "lora", "partial"}
+    # The deliberate failure: the largest batch x sequence on the largest model, full fine-tuning.
+    assert any(g["config"]["model_name"] == md_models.SMOLLM2 and g["config"]["train_batch_size"] == 64
+               and g["config"]["train_max_seq_length"] == 512 and g["config"]["ft_method"] == "full" for g in grid)
+    assert max(g["config"]["train_learning_rate"] for g in grid) >= 1e-2  # divergence
+
+
+def test_grid_ids_are_stable(grid):
+    """A search_id is the identity used to resume: it must not change between runs of the harness."""
+    again = md_run.load_grid(md_run.load_space(md_models.DEFAULT_CACHE))
+    assert [g["search_id"] for g in again] == [g["search_id"] for g in grid]
+
+
+def test_plan_covers_each_pair_once_round_robin(grid):
+    names = [s.name for s in md_tasks.load_specs()]
+    assert len(names) >= 12
+    order = md_run.plan(names, grid)
+    assert len(order) == len(names) * len(grid)
+    assert len({(t, g["search_id"]) for t, g in order}) == len(order)
+    first_round = order[: len(names)]
+    assert [t for t, _ in first_round] == names  # every task once per round
+    assert {g["config"]["model_name"] for _, g in first_round} == set(md_models.MODELS)
+
+
+def _spec(**kw):
+    base = dict(name="sms", file="sms_spam_600.parquet", train=["train"], eval=[], holdout=True,
+                max_train=120, max_eval=60, seed=0)
+    base.update(kw)
+    return md_tasks.TaskSpec(**base)
+
+
+def test_subsample_is_deterministic_stratified_and_disjoint():
+    data_dir = ROOT / "examples" / "data"
+    tr, ev, labels = md_tasks.build_task(_spec(), data_dir)
+    tr2, ev2, labels2 = md_tasks.build_task(_spec(), data_dir)
+    pd.testing.assert_frame_equal(tr, tr2)
+    pd.testing.assert_frame_equal(ev, ev2)
+    assert labels == labels2 == ["ham", "spam"]
+    assert (len(tr), len(ev)) == (120, 60)
+    src = pd.read_parquet(data_dir / "sms_spam_600.parquet")
+    # Rows are disjoint; a text can only be shared when the source itself repeats it.
+    assert len(set(tr["text"]) & set(ev["text"])) <= len(src) - src["text"].nunique()
+    share = (src["label"] == "spam").mean()
+    assert abs((tr["label"] == 1).mean() - share) < 0.02  # class proportions kept
+    other, _, _ = md_tasks.build_task(_spec(seed=1), data_dir)
+    assert set(other["text"]) != set(tr["text"])
+
+
+def test_stratified_sample_keeps_rare_classes():
+    df = pd.DataFrame({"text": [f"t{i}" for i in range(1000)], "label": ["a"] * 990 + ["b"] * 7 + ["c"] * 3})
+    out = md_tasks.stratified_sample(df, 50, seed=3)
+    assert len(out) == 50 and set(out["label"]) == {"a", "b", "c"}
+    assert list(out.index) == sorted(out.index)
+
+
+def test_missing_source_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--data-dir"):
+        md_tasks.build_task(_spec(), tmp_path)
+
+
+@pytest.mark.skipif(not DATA.is_file(), reason="no committed meta-dataset yet")
+def test_committed_records_are_valid_private_and_traceable(grid):
+    from xlog import schema as S
+    from xlog.privacy import find_leaks
+    table = pq.read_table(DATA)
+    assert S.validate_table(table) == []
+    recs = S.table_to_records(table)
+    assert recs
+    task_names = {s.name for s in md_tasks.load_specs()}
+    by_id = {g["search_id"]: g["config"] for g in grid}
+    for r in recs:
+        assert r["task_name"] in task_names
+        assert r["search_id"] in by_id, r["search_id"]
+        cfg = by_id[r["search_id"]]
+        assert r["model_name"] == cfg["model_name"] and r["ft_method"] == cfg["ft_method"]
+        assert r["status"] in ("completed", "failed", "oom", "timeout", "interrupted")
+        for k, v in r.items():
+            if isinstance(v, str):
+                assert not find_leaks(v), (k, v)
+    assert len({(r["task_name"], r["search_id"]) for r in recs if r["status"] != "interrupted"}) == \
+        len([r for r in recs if r["status"] != "interrupted"])  # resumable: no pair run twice
