@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import sys
 import time
 from typing import Any
 
@@ -131,6 +130,7 @@ def register(main: click.Group) -> None:
         from .data import DataError
         from .space import SpaceError
         from .search import run_search
+        budget_given = click.get_current_context().get_parameter_source("budget") != click.core.ParameterSource.DEFAULT
         budget_s = parse_duration(budget)
         cand_s = parse_duration(max_candidate_time) if max_candidate_time else (None if resume else budget_s / 2)
         console = Console(stderr=False)
@@ -150,7 +150,7 @@ def register(main: click.Group) -> None:
                 live.start()
             result, paths = run_search(
                 data=data, text_column=text_column, label_column=label_column,
-                budget_s=budget_s if (not resume or "--budget" in sys.argv) else 0.0,
+                budget_s=budget_s if (not resume or budget_given) else None,
                 energy_budget_kwh=energy_budget, max_evals=max_evals, space_path=space_path, out_dir=out_dir,
                 resume=resume, seed=seed, store_root=home, memory_limit_gb=memory_limit, population=population,
                 max_train=max_train, warm=not zero_shot, use_estimators=not zero_shot, energy=not no_energy,

@@ -213,9 +213,9 @@ class SubprocessEvaluator:
                "energy": self.energy, "parent_pid": os.getpid()}
         job_path, log_path = cand_dir / "job.json", cand_dir / "worker.log"
         job_path.write_text(json.dumps(job), encoding="utf-8")
+        self.warm_up()  # its start-up is not this candidate's cost
         started = datetime.now(timezone.utc)
         t0 = time.monotonic()
-        self.warm_up()
         assert self._server is not None and self._server.stdin is not None
         self._server.stdin.write(f"run {job_path} {log_path}\n")
         self._server.stdin.flush()

@@ -148,11 +148,13 @@ def update_distribution(space: SearchSpace, dist: Distribution, elite: list[Conf
 
 
 class OnlineCost:
-    """Cost of candidates learned from this search's own finished runs (same model and method):
-    wall seconds per epoch, and the start-up overhead records do not log."""
+    """Cost of candidates learned from this search's own finished runs: wall seconds per epoch
+    (same model and method, else same model, else any model), and the start-up overhead records
+    do not log."""
 
     def __init__(self) -> None:
         self.per_epoch: dict[tuple, list[float]] = {}
+        self.lower_bounds: dict[tuple, list[float]] = {}  # from timeouts: the run cost at least this
         self.overheads: list[float] = []
         self.ooms: list[Config] = []
 
@@ -164,16 +166,25 @@ class OnlineCost:
         if o.status not in ("completed", "timeout"):
             return
         epochs = float(cfg.get("train_epochs") or 1)
-        self.per_epoch.setdefault((cfg.get("model_name"), cfg.get("ft_method")), []).append(o.wall_s / epochs)
+        table = self.per_epoch if o.status == "completed" else self.lower_bounds
+        for key in self._keys(cfg):
+            table.setdefault(key, []).append(o.wall_s / epochs)
         if o.status == "completed" and o.runtime_s is not None and o.wall_s >= o.runtime_s:
             self.overheads.append(o.wall_s - o.runtime_s)
+
+    @staticmethod
+    def _keys(cfg: Config) -> list[tuple]:
+        return [(cfg.get("model_name"), cfg.get("ft_method")), (cfg.get("model_name"),), ()]
 
     @property
     def overhead_s(self) -> float:
         return _median(self.overheads) if self.overheads else 3.0
 
     def wall_s(self, cfg: Config) -> float | None:
-        rates = self.per_epoch.get((cfg.get("model_name"), cfg.get("ft_method")))
+        # The most specific finished runs: same model and method, else same model, else any.
+        rates = next((self.per_epoch[k] for k in self._keys(cfg) if self.per_epoch.get(k)), None)
+        if not rates:
+            rates = self.lower_bounds.get(self._keys(cfg)[0])
         if not rates:
             return None
         return _median(rates) * float(cfg.get("train_epochs") or 1)
@@ -233,6 +244,7 @@ class EvolutionarySearch:
         self.evaluations: list[Evaluation] = []
         self.results: dict[str, Outcome] = {}
         self.skipped: Counter = Counter()
+        self._skipped_keys: set[tuple[str, str]] = set()
         self.cost = OnlineCost()
         self.generation = 0
         self._t0 = started_at if started_at is not None else clock()
@@ -323,10 +335,13 @@ class EvolutionarySearch:
                 self._eval_real_s += self.clock() - t
                 self.skipped["not_logged"] += 1
                 return None
-            self._eval_real_s += self.clock() - t
-            self._charged_s += out.wall_s
+            real = self.clock() - t
+            self._eval_real_s += real
+            # Live evaluators take real time (including e.g. a fork server's start); replay ones report it.
+            charged = max(out.wall_s, real)
+            self._charged_s += charged
             self._kwh += out.energy_kwh or 0.0
-            ev = Evaluation(out, self.generation, pred, out.wall_s)
+            ev = Evaluation(out, self.generation, pred, charged)
         self.cost.observe(ev.outcome)
         self.results[key] = ev.outcome
         self.evaluations.append(ev)
@@ -348,7 +363,9 @@ class EvolutionarySearch:
             pred = self.predict(cfg)
             reason = self.skip_reason(cfg, pred)
             if reason:
-                self.skipped[reason] += 1
+                if (key, reason) not in self._skipped_keys:  # count candidates, not repeated draws
+                    self._skipped_keys.add((key, reason))
+                    self.skipped[reason] += 1
                 self.on_event("skipped", {"config": cfg, "reason": reason, "predicted": pred})
                 continue
             ev = self._evaluate(cfg, pred)
@@ -480,7 +497,15 @@ def _experience_model(store_root: Any, search_id: str, use_estimators: bool) -> 
     except ImportError as exc:
         log.warning("estimators unavailable (%s): zero-shot search without predictions", exc)
         return pd.DataFrame(), None
-    exp = load_experiences(store_root)
+    try:
+        exp = load_experiences(store_root)
+    except Exception as exc:  # e.g. a DuckDB problem: the local Parquet store is enough here
+        log.warning("could not query the experience views (%s: %s); reading the local store directly",
+                    type(exc).__name__, exc)
+        from xlog.store import LocalStore
+
+        from .estimators import records_frame
+        exp = records_frame(LocalStore(store_root).records())
     if "search_id" in exp.columns and len(exp):
         exp = exp[exp["search_id"].astype(object).ne(search_id) | exp["search_id"].isna()].reset_index(drop=True)
     if not use_estimators or len(exp) == 0:
@@ -516,7 +541,7 @@ def _warm_start(space: SearchSpace, exp: pd.DataFrame, task_features: dict[str, 
 
 
 def run_search(data: str | None = None, text_column: str = "text", label_column: str = "label",
-               budget_s: float = 300.0, energy_budget_kwh: float | None = None, max_evals: int | None = None,
+               budget_s: float | None = None, energy_budget_kwh: float | None = None, max_evals: int | None = None,
                space_path: str | None = None, out_dir: str = "xsearch-out", resume: str | None = None,
                seed: int = 0, store_root: str | None = None, memory_limit_gb: float | None = None,
                warm: bool = True, use_estimators: bool = True, population: int = 4, k_similar: int = 5,
@@ -527,7 +552,8 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
     """Run (or resume) a search end to end; returns the result and the paths of the reports.
 
     On ``resume=SEARCH_ID`` the settings come from the search's manifest
-    (``$XLOG_HOME/searches/ID.json``); the budget can be raised by passing a larger ``budget_s``.
+    (``$XLOG_HOME/searches/ID.json``); budget options given here (``budget_s``, ``max_evals``,
+    ``energy_budget_kwh``) replace the recorded ones. ``budget_s`` defaults to 300 s.
     """
     import tempfile
     from pathlib import Path
@@ -550,8 +576,10 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         search_id = resume
         opts = man["options"]
         data, text_column, label_column = opts["data"], opts["text_column"], opts["label_column"]
-        energy_budget_kwh, max_evals = opts["energy_budget_kwh"], opts["max_evals"]
-        budget_s = max(float(budget_s or 0.0), float(opts["budget_s"]))
+        # Budget options given to the resume replace the recorded ones (e.g. to extend a search).
+        energy_budget_kwh = energy_budget_kwh if energy_budget_kwh is not None else opts["energy_budget_kwh"]
+        max_evals = max_evals if max_evals is not None else opts["max_evals"]
+        budget_s = float(budget_s) if budget_s else float(opts["budget_s"])
         seed, memory_limit_gb, population = opts["seed"], opts["memory_limit_gb"], opts["population"]
         max_train, max_eval, energy = opts.get("max_train"), opts.get("max_eval"), opts.get("energy", True)
         max_candidate_s = opts.get("max_candidate_s")
@@ -566,6 +594,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         warm = bool(opts.get("warm", True))
     else:
         search_id = search_id or new_search_id()
+        budget_s = float(budget_s) if budget_s else 300.0
         space = space or SearchSpace.load(space_path)
         initial, used_before_s, used_before_kwh, skipped_before, similar = None, 0.0, 0.0, Counter(), []
         man = {}
@@ -613,9 +642,10 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
             used_before_kwh += extra_kwh
             emit("status", {"message": f"resuming {search_id}: {len(journal)} finished candidates in the store, "
                             f"{used_before_s:.0f} s of budget used"})
+        if max_candidate_s is None:
+            max_candidate_s = budget_s / 2  # no single candidate may eat the whole budget
         settings = SearchSettings(budget_s=budget_s, energy_budget_kwh=energy_budget_kwh, max_evals=max_evals,
-                                  population=population, seed=seed,
-                                  max_candidate_s=max_candidate_s)
+                                  population=population, seed=seed, max_candidate_s=max_candidate_s)
         manifest = {
             "search_id": search_id, "status": "running", "space": space.to_dict(),
             "options": {"data": str(Path(data).resolve()) if data else None, "text_column": text_column,

@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 import transformers  # noqa: F401  (preloaded by the fork server)
+# Imported here, not lazily: under a memory limit, mapping a library late can fail like an OOM.
+from sklearn.metrics import accuracy_score, f1_score
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                           TrainingArguments)
 
@@ -30,6 +32,11 @@ from xlog.callback import XLogCallback
 from xlog.modelfeatures import _layer_lists  # the same notion of "layer" the records use
 
 from .space import resolve_model_path
+
+try:  # energy metering starts inside the memory limit: load it beforehand
+    import codecarbon  # noqa: F401
+except ImportError:
+    pass
 
 log = logging.getLogger("xsearch.worker")
 TINY_PREFIX = "tiny:"
@@ -50,7 +57,6 @@ class _SearchCallback(XLogCallback):
 
 
 def compute_metrics(eval_pred: Any) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score
     logits, labels = eval_pred
     logits = logits[0] if isinstance(logits, tuple) else logits
     preds = np.argmax(logits, axis=-1)

@@ -1,0 +1,94 @@
+"""The subprocess evaluator: real Trainer runs in isolated processes; an OOM (memory limit) or a
+hang (time limit) ends the candidate, not the caller, and is recorded as such in the store."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from xlog import schema as S
+from xlog.store import LocalStore
+from xsearch.data import load_task
+from xsearch.evaluator import SubprocessEvaluator, find_record
+from xsearch.space import SearchSpace
+
+REPO = Path(__file__).resolve().parent.parent
+SMS = REPO / "examples" / "data" / "sms_spam_600.parquet"
+TINY = Path(__file__).parent / "data" / "tiny_space.yaml"
+
+
+def cfg(**kw):
+    base = dict(model_name="tiny:bert-2x32", ft_method="full", peft_lora_r=None, peft_lora_alpha=None,
+                ft_trainable_layers=None, train_learning_rate=1e-3, train_epochs=1, train_batch_size=32,
+                train_max_seq_length=64)
+    base.update(kw)
+    return base
+
+
+@pytest.fixture(scope="module")
+def ev(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluator")
+    task = load_task(SMS, max_train=150, max_eval=80)
+    task.save(root / "task")
+    space = SearchSpace.load(TINY)
+    e = SubprocessEvaluator(root / "task", space, LocalStore(root / "store"), "test-search", task_name=task.name,
+                            energy=False, grace_s=5, work_dir=root / "runs",
+                            record_defaults={"task_type": "text-classification", "task_n_train": len(task.train)})
+    yield e
+    e.close()
+
+
+def test_completed_candidate_is_recorded_with_its_config(ev):
+    c = cfg(ft_method="lora", peft_lora_r=4, peft_lora_alpha=8)
+    out = ev.evaluate(c, timeout_s=120)
+    assert out.status == "completed", out.error
+    assert out.quality is not None and 0.0 <= out.quality <= 1.0
+    assert {"eval_f1", "eval_accuracy"} <= set(out.metrics)
+    rec = find_record(ev.store, out.record_id)
+    assert rec["search_id"] == "test-search" and rec["status"] == "completed"
+    assert rec["model_name"] == "tiny:bert-2x32" and rec["ft_method"] == "lora" and rec["peft_lora_r"] == 4
+    assert rec["outcome_primary_metric"] == "eval_f1"
+    assert ev.space.config_from_record(rec) == c  # the search can read the config back from the record
+
+
+def test_memory_limit_oom_is_contained_and_recorded(ev):
+    ok = ev.evaluate(cfg(train_epochs=1), timeout_s=120)
+    assert ok.status == "completed", ok.error
+    # The address space a worker has before training (its imports), from its log. The limit leaves
+    # 0.6 GiB above it: a 2-layer 2048-wide model (0.28 GB of weights) is built, but its gradients
+    # and Adam states (0.84 GB more) do not fit.
+    logs = sorted(ev.work_dir.glob("candidate-*/worker.log"))
+    base = float(re.search(r"address space before training: ([\d.]+) GiB", logs[-1].read_text()).group(1))
+    ev.memory_limit_gb = base + 0.6
+    try:
+        out = ev.evaluate(cfg(model_name="tiny:bert-2x2048", train_batch_size=16), timeout_s=120)
+    finally:
+        ev.memory_limit_gb = None
+    assert out.status == "oom", (out.status, out.error)
+    rec = find_record(ev.store, out.record_id)
+    assert rec is not None and rec["status"] == "oom" and S.validate_record(rec) == []
+    assert rec["train_batch_size"] == 16 and rec["model_name"] == "tiny:bert-2x2048"
+    # The evaluator is still usable after the OOM.
+    again = ev.evaluate(cfg(), timeout_s=120)
+    assert again.status == "completed"
+
+
+def test_hanging_candidate_times_out_and_is_recorded(ev):
+    out = ev.evaluate(cfg(model_name="tiny:bert-1x16", train_epochs=400, train_batch_size=16), timeout_s=8)
+    assert out.status == "timeout"
+    assert out.wall_s < 8 + ev.grace_s + 10
+    rec = find_record(ev.store, out.record_id)
+    assert rec["status"] == "timeout" and rec["train_epochs"] == 400.0
+
+
+def test_candidate_killed_before_recording_gets_a_stand_in_record(ev):
+    # Killed while still loading: xlog never opened a record, the evaluator writes one.
+    c = cfg(ft_method="partial", ft_trainable_layers=1)
+    out = ev.evaluate(c, timeout_s=0.05)
+    assert out.status == "timeout"
+    rec = find_record(ev.store, out.record_id)
+    assert rec is not None and S.validate_record(rec) == []
+    assert rec["source"] == "xsearch" and rec["search_id"] == "test-search"
+    assert rec["ft_method"] == "partial" and rec["ft_trainable_layers"] == 1
+    assert rec["task_n_train"] == 150 and rec["task_name"] == "sms_spam_600"

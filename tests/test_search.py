@@ -1,0 +1,172 @@
+"""Real searches with tiny models on the shipped SMS data within small budgets: the budget is
+respected, resume after SIGKILL of the search re-runs nothing finished, the replay evaluator answers
+from the log, and the reports are written."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from xlog.store import LocalStore
+from xsearch.replay import NotLogged, ReplayEvaluator
+from xsearch.search import (EvolutionarySearch, SearchSettings, manifest_path, own_records, pareto_front,
+                            run_search, update_distribution)
+from xsearch.evaluator import Outcome
+from xsearch.space import SearchSpace, config_key
+
+REPO = Path(__file__).resolve().parent.parent
+SMS = REPO / "examples" / "data" / "sms_spam_600.parquet"
+TINY = Path(__file__).parent / "data" / "tiny_space.yaml"
+BUDGET = 60.0
+
+
+@pytest.fixture(scope="module")
+def budget_search(tmp_path_factory):
+    """One real search: budget 60 s, tiny models, epochs 1 or 40 (40 cannot fit once the cost of
+    an epoch is known), everything recorded in a fresh store. Seed 3 draws two 1-epoch candidates
+    first, then a 40-epoch one."""
+    root = tmp_path_factory.mktemp("search")
+    events = []
+    t0 = time.monotonic()
+    result, paths = run_search(data=str(SMS), budget_s=BUDGET, space_path=str(TINY), out_dir=str(root / "out"),
+                               store_root=str(root / "home"), seed=3, max_train=150, max_eval=80, energy=False,
+                               max_candidate_s=25,
+                               on_event=lambda kind, info: events.append((kind, dict(info))))
+    elapsed = time.monotonic() - t0
+    return root, result, paths, events, elapsed
+
+
+def test_budget_is_respected(budget_search):
+    root, result, paths, events, elapsed = budget_search
+    assert result.stop_reason in ("time_budget", "no_candidate")
+    assert len(result.evaluations) >= 2
+    # Stops in time: the accounted budget and the real time (plus writing the reports).
+    assert result.used_s <= BUDGET
+    assert elapsed <= BUDGET + 10
+    # Never starts a candidate predicted to overrun what was left at its start.
+    starts = [info for kind, info in events if kind == "start"]
+    assert len(starts) == len(result.evaluations)
+    for info in starts:
+        wall = info["predicted"].get("wall_s")
+        assert wall is None or wall <= info["timeout_s"]
+    # 40-epoch candidates are predicted to overrun once the cost of an epoch is known.
+    assert result.skipped["predicted_overrun"] >= 1
+    skipped = [info for kind, info in events if kind == "skipped" and info["reason"] == "predicted_overrun"]
+    assert all(s["predicted"]["wall_s"] > 0 for s in skipped)
+    # Every evaluation is a record of this search in the store.
+    recs = own_records(LocalStore(root / "home"), result.search_id)
+    assert {r["record_id"] for r in recs} == {o.record_id for o in result.outcomes}
+    assert all(r["task_name"] == "sms_spam_600" for r in recs)
+
+
+def test_reports_are_written(budget_search):
+    root, result, paths, events, elapsed = budget_search
+    board = pd.read_csv(paths["leaderboard"])
+    assert len(board) == len(result.evaluations)
+    assert list(board["rank"]) == list(range(1, len(board) + 1))
+    front = pd.read_csv(paths["pareto_csv"])
+    assert len(front) >= 1 and front["pareto"].all()
+    assert paths["pareto_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    snippet = paths["best_config"].read_text()
+    compile(snippet, "best_config.py", "exec")
+    assert repr(result.incumbent.config["model_name"]) in snippet
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["evaluations"] == len(result.evaluations) and summary["best_f1"] == result.incumbent.quality
+    man = json.loads(manifest_path(root / "home", result.search_id).read_text())
+    assert man["status"] == "finished"
+
+
+def test_replay_evaluator_answers_from_the_log(budget_search):
+    root, result, paths, events, elapsed = budget_search
+    space = SearchSpace.load(TINY)
+    recs = own_records(LocalStore(root / "home"), result.search_id)
+    rep = ReplayEvaluator(recs, space, task_name="sms_spam_600")
+    done = [o for o in result.outcomes if o.status == "completed"]
+    assert len(rep) == len({o.key for o in result.outcomes})
+    o = done[0]
+    got = rep.evaluate(o.config, timeout_s=1e9)
+    assert got.quality == o.quality and got.record_id == o.record_id and got.wall_s == pytest.approx(o.runtime_s)
+    assert rep.evaluate(o.config, timeout_s=0.5 * o.runtime_s).status == "timeout"
+    unseen = next(c for c in space.iter_configs() if config_key(c) not in {x.key for x in result.outcomes})
+    with pytest.raises(NotLogged):
+        rep.evaluate(unseen, timeout_s=1e9)
+    # A whole search on the replayed log: budget charged as logged, evaluations only of logged configs.
+    res = EvolutionarySearch(space, rep, SearchSettings(budget_s=1e6, max_evals=len(rep), population=3, seed=1,
+                                                        max_idle_generations=50, max_draws=50),
+                             "replay").run()
+    assert {e.outcome.key for e in res.evaluations} <= set(rep.index)
+    assert res.skipped["not_logged"] > 0
+    assert sum(e.charged_s for e in res.evaluations) == pytest.approx(sum(e.outcome.wall_s for e in res.evaluations), rel=0.01)
+
+
+def test_distribution_moves_towards_the_elite():
+    space = SearchSpace.load(TINY)
+    d0 = space.normalise(space.uniform(), floor=0.1)
+    elite = [dict(model_name="tiny:bert-1x16", ft_method="lora", peft_lora_r=8, peft_lora_alpha=16,
+                  ft_trainable_layers=None, train_learning_rate=3e-3, train_epochs=1, train_batch_size=16,
+                  train_max_seq_length=32)]
+    d1 = update_distribution(space, d0, elite, learning_rate=0.5, exploration=0.1)
+    assert d1["ft_method"]["lora"] > d0["ft_method"]["lora"] and d1["peft_lora_r"][8] > d0["peft_lora_r"][8]
+    assert d1["ft_trainable_layers"] == d0["ft_trainable_layers"]  # inactive in the elite: unchanged
+    for _ in range(30):
+        d1 = update_distribution(space, d1, elite, learning_rate=0.5, exploration=0.1)
+    assert min(d1["ft_method"].values()) >= 0.1 / 3 - 1e-9  # the exploration floor
+
+
+def test_pareto_front():
+    def o(q, t, status="completed"):
+        return Outcome({"k": q, "t": t}, status, q, {}, t, t)
+    a, b, c, d = o(0.9, 10.0), o(0.8, 5.0), o(0.7, 20.0), o(None, 1.0, "oom")
+    assert {id(x) for x in pareto_front([a, b, c, d])} == {id(a), id(b)}
+
+
+def test_resume_after_killing_the_search_reruns_nothing_finished(tmp_path):
+    home, out = tmp_path / "home", tmp_path / "out"
+    env = dict(os.environ, XLOG_HOME=str(home), PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-c", "from xsearch.cli import main; main()", "run", "--data", str(SMS), "--space", str(TINY), "--budget", "120s",
+           "--out", str(out), "--no-energy", "--max-train", "150", "--plain", "--seed", "3",
+           "--max-candidate-time", "20s"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        man = None
+        while time.monotonic() < deadline:
+            ms = list((home / "searches").glob("*.json")) if (home / "searches").exists() else []
+            if ms:
+                try:
+                    man = json.loads(ms[0].read_text())
+                except ValueError:
+                    man = None
+                if man and len(man.get("walls", {})) >= 2:
+                    break
+            time.sleep(0.2)
+        assert man and len(man["walls"]) >= 2, "the search did not finish two candidates"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    sid = man["search_id"]
+    store = LocalStore(home)
+    time.sleep(3)  # the candidate in flight notices the dead search and records itself as interrupted
+    before = own_records(store, sid)
+    finished_before = {r["record_id"] for r in before if r["status"] != "interrupted"}
+    assert len(finished_before) >= 2
+    result, _ = run_search(resume=sid, store_root=str(home), out_dir=str(out),
+                           max_evals=len(finished_before) + 2)
+    after = own_records(store, sid)
+    space = SearchSpace.from_dict(man["space"])
+    finished_after = [r for r in after if r["status"] != "interrupted"]
+    keys = [config_key(space.config_from_record(r)) for r in finished_after]
+    assert len(keys) == len(set(keys)), "a finished candidate was trained again"
+    journalled = [e.outcome for e in result.evaluations if e.outcome.from_journal]
+    assert {o.record_id for o in journalled} == finished_before
+    assert len(result.evaluations) > len(finished_before)  # and it went on with new candidates
+    assert result.used_s >= float(man["used_s"])  # the budget used before the kill still counts
