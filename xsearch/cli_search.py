@@ -74,7 +74,7 @@ class ProgressView:
             self.console.print(f"[dim]{info['message']}[/dim]")
         elif kind == "begin":
             self.budget_s = info["budget_s"]
-            warm = "warm-started from " + ", ".join(str(s.get("task_name", s)) for s in info["similar_tasks"][:5]) \
+            warm = "warm-started from " + ", ".join(str(s.get("task_name", s) if isinstance(s, dict) else s) for s in info["similar_tasks"][:5]) \
                 if info["warm_started"] else "zero-shot (no similar past tasks)"
             self.console.print(f"search [bold]{info['search_id']}[/bold]: {warm}")
         elif kind == "start":

@@ -534,7 +534,8 @@ def _warm_start(space: SearchSpace, exp: pd.DataFrame, task_features: dict[str, 
         return dist, []
     try:
         sims = similar_tasks(exp, task_features, k=k)
-        sims = sims.to_dict("records") if hasattr(sims, "to_dict") else list(sims)
+        sims = sims.to_dict("records") if hasattr(sims, "to_dict") else [
+            {"task_name": s[0], "similarity": float(s[1])} if isinstance(s, (tuple, list)) else s for s in sims]
     except Exception:
         sims = []
     return space.normalise(warmed), sims
