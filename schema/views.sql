@@ -3,6 +3,10 @@
 -- A "task" is (task_name, outcome_primary_metric): runs are only compared on the same metric.
 -- Quality is oriented so that higher is better (outcome_greater_is_better = false flips it).
 
+-- metric(outcome_metrics, 'eval_f1'): one metric's value from the list of (name, value) structs.
+CREATE OR REPLACE MACRO metric(metrics, metric_name) AS
+    list_extract(list_filter(metrics, lambda m: m.name = metric_name), 1).value;
+
 -- Completed runs with a primary metric, with an oriented quality score.
 CREATE OR REPLACE VIEW completed_runs AS
 SELECT *,

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from xlog import schema as S
 from xlog.remotes import layout as L
 from xlog.remotes import open_remote
-from xlog.remotes.sync import pull, push
+from xlog.remotes.sync import pull
 from xlog.store import LocalStore
 from xsearch import db
 from xsearch.cli import main as xsearch_main

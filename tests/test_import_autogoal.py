@@ -329,7 +329,7 @@ def test_imported_store_queries_through_sql(imported):
                     "GROUP BY model_name", home=store.root).to_pylist()
     assert {r["model_name"]: (r["n"], r["n_oom"]) for r in view} == expected
     # types survive: timestamps, maps, and no non-finite numbers anywhere
-    (best,) = db.query("SELECT model_name, outcome_primary_value, outcome_metrics['accuracy'] AS acc, "
+    (best,) = db.query("SELECT model_name, outcome_primary_value, metric(outcome_metrics, 'accuracy') AS acc, "
                        "outcome_total_runtime_s, created_at FROM experiences WHERE status = 'completed'",
                        home=store.root).to_pylist()
     _, src = _source("00_37_53")

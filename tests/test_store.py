@@ -1,7 +1,6 @@
 """The local store: atomic one-file-per-record writes, quarantine of corrupt files."""
 from __future__ import annotations
 
-import os
 import warnings
 from datetime import datetime, timezone
 

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 import pyarrow as pa
 
 CURRENT_VERSION = 1
+METRIC_STRUCT = pa.struct([("name", pa.string()), ("value", pa.float64())])
 STATUSES = ("completed", "failed", "oom", "timeout", "interrupted")
 
 
@@ -72,7 +73,9 @@ def _arrow_type(f: Field) -> pa.DataType:
     if f.json_type == "array":
         return pa.list_(pa.string())
     if f.json_type == "object":
-        return pa.map_(pa.string(), pa.float64())
+        # A list of (name, value) structs rather than an Arrow map: every Parquet reader
+        # (Hugging Face datasets and the Hub viewer included) understands it.
+        return pa.list_(METRIC_STRUCT)
     raise ValueError(f"no Arrow type for JSON type {f.json_type!r} of field {f.name}")
 
 
@@ -133,7 +136,7 @@ def _check_value(f: Field, v: Any) -> str | None:
         if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
             return f"{f.name}: expected a list of strings"
     elif t == "object":
-        items = v.items() if isinstance(v, Mapping) else v if isinstance(v, list) else None
+        items = v.items() if isinstance(v, Mapping) else _pairs(v) if isinstance(v, list) else None
         if items is None:
             return f"{f.name}: expected a mapping of metric name to number"
         for k, x in items:
@@ -222,19 +225,23 @@ def _compatible(got: pa.DataType, want: pa.DataType) -> bool:
         return True
     if pa.types.is_list(want) and (pa.types.is_list(got) or pa.types.is_large_list(got)):
         return True
-    if pa.types.is_map(want) and pa.types.is_map(got):
-        return True
     return False
 
 
 def table_to_records(table: pa.Table) -> list[dict]:
     """Rows of an Arrow table as record dicts (maps become dicts)."""
     rows = table.to_pylist()
+    objects = [f.name for f in fields(CURRENT_VERSION) if f.json_type == "object" and f.name in table.column_names]
     for row in rows:
-        for k, v in row.items():
-            if isinstance(v, list) and v and isinstance(v[0], tuple):
-                row[k] = dict(v)
+        for k in objects:
+            if row[k] is not None:
+                row[k] = dict(_pairs(row[k]))
     return rows
+
+
+def _pairs(v: list) -> list[tuple]:
+    """(name, value) pairs from a list of {"name", "value"} structs or of 2-tuples."""
+    return [(x["name"], x["value"]) if isinstance(x, Mapping) else tuple(x) for x in v]
 
 
 def records_to_table(records: Iterable[Mapping[str, Any]], version: int = CURRENT_VERSION) -> pa.Table:
@@ -247,7 +254,7 @@ def records_to_table(records: Iterable[Mapping[str, Any]], version: int = CURREN
             if isinstance(v, str) and pa.types.is_timestamp(schema.field(name).type):
                 v = datetime.fromisoformat(v.replace("Z", "+00:00"))
             if isinstance(v, Mapping):
-                v = list(v.items())
+                v = [{"name": str(k), "value": x} for k, x in v.items()]
             cols[name].append(v)
     return pa.table({n: pa.array(cols[n], type=schema.field(n).type) for n in schema.names}, schema=schema)
 

@@ -59,7 +59,7 @@ def default_path(home: str | Path | None = None) -> Path:
 
 # ---- targets --------------------------------------------------------------------------------
 def _metrics_dict(v: Any) -> dict[str, float]:
-    """outcome_metrics as a dict, whichever way the reader returned the Arrow map."""
+    """outcome_metrics as a dict, whichever way the reader returned the list of (name, value) structs."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return {}
     if isinstance(v, Mapping):
@@ -69,7 +69,9 @@ def _metrics_dict(v: Any) -> dict[str, float]:
     if isinstance(v, (list, tuple)):
         out = {}
         for item in v:
-            if isinstance(item, Mapping) and "key" in item:
+            if isinstance(item, Mapping) and "name" in item:
+                out[item["name"]] = item.get("value")
+            elif isinstance(item, Mapping) and "key" in item:
                 out[item["key"]] = item.get("value")
             elif isinstance(item, (list, tuple)) and len(item) == 2:
                 out[item[0]] = item[1]
