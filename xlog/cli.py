@@ -1,7 +1,6 @@
 """The ``xlog`` command line."""
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from datetime import datetime
@@ -176,16 +175,8 @@ def schema_cmd(markdown: bool) -> None:
     click.echo(S.markdown_table())
 
 
-def _register_extensions() -> None:
-    # Command groups that live in their own modules (remote, import) add themselves here.
-    for name in ("xlog.cli_remote", "xlog.cli_import"):
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        mod.register(main)
+# Commands that live in their own modules: publishing (push, pull) and importing.
+from . import cli_import, cli_remote  # noqa: E402
 
-
-_register_extensions()
+cli_remote.register(main)
+cli_import.register(main)

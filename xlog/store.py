@@ -14,7 +14,7 @@ import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,15 +40,15 @@ def default_root() -> Path:
     return Path(cache) / "xlog"
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
-    """Write a Parquet file so that readers see either nothing or the whole file."""
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file so that readers see either nothing or the whole file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # Dot-prefixed temporary name in the same directory: readers skip it, and os.replace
     # within one file system is atomic.
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            pq.write_table(table, f, compression="zstd")
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -59,6 +59,15 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
             pass
         raise
     return path
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
+    """Write a Parquet file atomically (see ``write_atomic``)."""
+    return write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    return write_atomic(path, lambda f: f.write(data))
 
 
 def iter_parquet_files(directory: Path) -> Iterator[Path]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Mapping
 
+from ..store import write_bytes_atomic
 from . import Remote, RemoteError
 
 
@@ -58,21 +58,7 @@ class DirectoryRemote(Remote):
         return {p for p in paths if (self.root / p).is_file()}
 
     def _write_atomic(self, rel: str, data: bytes) -> None:
-        dest = self.root / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        write_bytes_atomic(self.root / rel, data)
 
     def commit(self, files: Mapping[str, bytes], message: str,
                progress: Callable[[int], None] | None = None) -> str | None:
