@@ -29,7 +29,10 @@ FILE_NAME = "metadataset_v1.parquet"
 
 def harness_records(home: Path) -> list[dict[str, Any]]:
     from xlog.store import LocalStore
-    recs = [r for r in LocalStore(home).records() if str(r.get("search_id") or "").startswith(VERSION + ":")]
+    # `interrupted` runs are the harness being stopped (they are run again), not experience of the
+    # configuration: they stay in the harness's store but are not exported.
+    recs = [r for r in LocalStore(home).records()
+            if str(r.get("search_id") or "").startswith(VERSION + ":") and r.get("status") != "interrupted"]
     recs.sort(key=lambda r: (str(r.get("created_at")), r["record_id"]))
     return recs
 
@@ -73,6 +76,9 @@ def datasheet(recs: list[dict[str, Any]], manifest: dict[str, dict[str, Any]]) -
     cfg_of = lambda r: str(r.get("search_id")).split(":", 1)[1].split("-")[0]  # noqa: E731
     first = min((str(r["created_at"]) for r in recs), default="-")
     last = max((str(r["created_at"]) for r in recs), default="-")
+    starts = [r["created_at"] for r in recs if r.get("created_at") is not None]
+    ends = [r.get("ended_at") or r["created_at"] for r in recs if r.get("created_at") is not None]
+    span = _hours((max(ends) - min(starts)).total_seconds()) if starts else "-"
     cpus = Counter(str(r.get("hw_cpu_model")) for r in recs)
     n_pairs = len(tasks["tasks"]) * len(grid["configs"])
 
@@ -97,6 +103,7 @@ Real fine-tuning runs, one experience record per run in the xlog record schema (
   (see `../shared/datasets/SOURCES.md` for provenance and licences). No text is in the records.
   LIAR and AG News are research-only and MELD is GPL v3: the records hold only meta-features
   of those tasks; the texts are not redistributed here.
+- **Not exported**: `interrupted` runs (the harness was stopped mid-run; the pair is run again).
 - **Failures are data**: `oom` runs hit the memory limit (large batch x long sequence on the larger
   model), configurations with a learning rate of 1e-2 are there to diverge (they complete with a
   poor F1), and the evaluator writes a stand-in record for a worker killed before xlog could.
@@ -104,7 +111,8 @@ Real fine-tuning runs, one experience record per run in the xlog record schema (
 ## Totals
 - records: **{n}** ({len({(r.get('task_name'), r.get('search_id')) for r in recs})} distinct pairs of {n_pairs}); first {first}, last {last}
 - status: {', '.join(f'{k} {v}' for k, v in status.most_common())}
-- logged run time (train + eval): {_hours(total_rt)}; mean {total_rt / max(n, 1):.0f} s per run
+- logged run time (`outcome_total_runtime_s`, summed): {_hours(total_rt)}; mean {total_rt / max(n, 1):.0f} s per run
+- harness wall clock, first record start to last record end: {span}
 - energy (codecarbon, CPU + RAM estimate): {energy:.4f} kWh, {co2:.4f} kg CO2eq
 - hardware: {', '.join(f'{k} ({v})' for k, v in cpus.items())}; shared with other work while it ran,
   so runtimes carry contention noise.

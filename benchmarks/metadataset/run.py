@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                                     memory_limit_gb=a.memory_limit_gb, energy=True, seed=0,
                                     work_dir=cache / "work")
     defaults_cache: dict[str, dict[str, Any]] = {}
-    n_run, t_start = 0, time.monotonic()
+    n_run, n_broken, t_start = 0, 0, time.monotonic()
     try:
         for task, g in todo:
             if a.max_runs is not None and n_run >= a.max_runs:
@@ -199,7 +199,17 @@ def main(argv: list[str] | None = None) -> int:
             evaluator.search_id = g["search_id"]
             evaluator.record_defaults = defaults_cache[task]
             t0 = time.monotonic()
-            out = evaluator.evaluate(dict(g["config"]), a.timeout_s)
+            try:
+                out = evaluator.evaluate(dict(g["config"]), a.timeout_s)
+            except RuntimeError as exc:  # the fork server died: start a fresh one, the pair stays to do
+                n_broken += 1
+                log.warning("evaluator error on %s %s (%s); restarting the fork server", task, g["id"], exc)
+                evaluator.close()
+                if n_broken >= 3:
+                    log.error("the evaluator failed 3 times in a row; stopping")
+                    break
+                continue
+            n_broken = 0
             n_run += 1
             q = f"{out.quality:.3f}" if out.quality is not None else "-"
             log.info("run %d: %s %s %s -> %s f1=%s runtime=%.0fs wall=%.0fs energy=%s kWh record=%s", n_run, task,
