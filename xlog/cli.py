@@ -180,3 +180,7 @@ from . import cli_import, cli_remote  # noqa: E402
 
 cli_remote.register(main)
 cli_import.register(main)
+
+
+if __name__ == "__main__":
+    main()
