@@ -101,6 +101,7 @@ def test_missing_source_file_is_a_clear_error(tmp_path):
 def test_committed_records_are_valid_private_and_traceable(grid):
     from xlog import schema as S
     from xlog.privacy import find_leaks
+    space = md_run.load_space(md_models.DEFAULT_CACHE)
     table = pq.read_table(DATA)
     assert S.validate_table(table) == []
     recs = S.table_to_records(table)
@@ -112,6 +113,8 @@ def test_committed_records_are_valid_private_and_traceable(grid):
         assert r["search_id"] in by_id, r["search_id"]
         cfg = by_id[r["search_id"]]
         assert r["model_name"] == cfg["model_name"] and r["ft_method"] == cfg["ft_method"]
+        # A search over space.yaml (and the replay evaluator) maps the record back to its config.
+        assert space.config_from_record(r) == cfg, (r["task_name"], r["search_id"])
         assert r["status"] in ("completed", "failed", "oom", "timeout", "interrupted")
         for k, v in r.items():
             if isinstance(v, str):
