@@ -1,8 +1,6 @@
 """The ``xsearch`` command line."""
 from __future__ import annotations
 
-import importlib
-
 import click
 
 from xlog import __version__
@@ -14,16 +12,13 @@ def main() -> None:
     """Use the federated experience store: pull, query with SQL, estimate, search."""
 
 
-def _register_extensions() -> None:
-    # Data commands (pull, sql) and search commands (estimators, run) live in their own modules.
-    for name in ("xsearch.cli_data", "xsearch.cli_estimators", "xsearch.cli_search"):
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        mod.register(main)
+# Data commands (pull, sql), estimators and the search live in their own modules.
+from . import cli_data, cli_estimators, cli_search  # noqa: E402
+
+cli_data.register(main)
+cli_estimators.register(main)
+cli_search.register(main)
 
 
-_register_extensions()
+if __name__ == "__main__":
+    main()
