@@ -1,0 +1,229 @@
+"""The contestants of the race. Each is prepared once per held-out task (``prepare``: fitting,
+similarity, warm start; it sees only ``HeldOut``, i.e. other tasks' experience) and then run once
+per seed (``run``: cheap), returning a ``Trace``. All of them draw only from the task's pool,
+evaluate through ``TaskPool.evaluate`` (the replay evaluator) and stop when less than
+``MIN_CANDIDATE_S`` of the budget is left or the pool is exhausted.
+
+- ``random``: a uniformly random order of the pool.
+- ``zero-shot``: xsearch's evolutionary search from the uniform distribution, no estimators.
+- ``optuna-tpe``: Optuna's TPE sampler (default settings) over the same categorical decisions;
+  each suggestion is mapped to the nearest not-yet-evaluated pool config (fewest differing
+  decisions, ties broken at random), and the config actually evaluated is what TPE is told.
+- ``knn``: the memory-based warm start: first the best logged config of each of the k most
+  similar other tasks (most similar first), then random.
+- ``xsearch``: the evolutionary search warm-started from the k most similar other tasks, with
+  estimator-guided skipping (predicted failure / clearly worse / overrun), estimators fitted on
+  the other tasks only.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import zlib
+from typing import Any, Callable, Protocol
+
+import pandas as pd
+
+from xsearch.search import EvolutionarySearch, SearchSettings
+from xsearch.space import Config, SearchSpace, config_key
+
+from .pool import MIN_CANDIDATE_S, HeldOut, PoolSpace, Step, TaskPool, Trace
+
+K_SIMILAR = 5  # the xsearch default (run_search's k_similar)
+TPE_FAILURE_VALUE = 0.0  # failed runs are told to TPE as the worst F1 so that it learns to avoid them
+
+
+def seed_for(task: str, seed: int) -> int:
+    """A stable integer seed per (task, seed) so that seeds differ across tasks."""
+    return zlib.crc32(f"{task}:{seed}".encode())
+
+
+class Contestant(Protocol):
+    name: str
+
+    def prepare(self, held: HeldOut, pool: TaskPool) -> None: ...
+
+    def run(self, pool: TaskPool, budget_s: float, seed: int) -> Trace: ...
+
+
+def run_in_order(name: str, pool: TaskPool, budget_s: float, seed: int,
+                 propose: Callable[[set[str]], Config | None],
+                 observe: Callable[[Config, Step], None] = lambda cfg, step: None) -> Trace:
+    """The sequential loop shared by the non-evolutionary contestants."""
+    trace = Trace(name, pool.task, seed, budget_s)
+    done: set[str] = set()
+    while budget_s - trace.used_s >= MIN_CANDIDATE_S:
+        cfg = propose(done)
+        if cfg is None:
+            trace.stop_reason = "pool_exhausted"
+            break
+        step = pool.evaluate(cfg, budget_s - trace.used_s, trace.used_s)
+        done.add(step.key)
+        trace.steps.append(step)
+        observe(cfg, step)
+    else:
+        trace.stop_reason = "time_budget"
+    return trace
+
+
+class RandomSearch:
+    name = "random"
+
+    def prepare(self, held: HeldOut, pool: TaskPool) -> None:
+        pass
+
+    def run(self, pool: TaskPool, budget_s: float, seed: int) -> Trace:
+        order = pool.configs
+        random.Random(seed_for(pool.task, seed)).shuffle(order)
+        it = iter(order)
+        return run_in_order(self.name, pool, budget_s, seed, lambda done: next(it, None))
+
+
+class KnnWarmStart:
+    """XAutoLM's memory-based baseline: the best configs of the k most similar tasks first."""
+
+    name = "knn"
+
+    def __init__(self, k: int = K_SIMILAR, per_task: int = 1):
+        self.k, self.per_task = k, per_task
+        self.first: list[Config] = []
+        self.similar: list[tuple[str, float]] = []
+
+    def prepare(self, held: HeldOut, pool: TaskPool) -> None:
+        from xsearch.warmstart import similar_tasks
+        exp = held.experience
+        self.similar = similar_tasks(exp, held.features, k=self.k) if len(exp) else []
+        keys, first = set(pool.keys), []
+        for name, _ in self.similar:
+            g = exp[(exp["task_name"] == name) & (exp["status"] == "completed")].copy()
+            g["_q"] = pd.to_numeric(g["outcome_primary_value"], errors="coerce")
+            taken = 0
+            for rec in g.sort_values("_q", ascending=False).to_dict("records"):
+                cfg = pool.space.config_from_record(rec)
+                key = config_key(cfg) if cfg is not None else None
+                if key in keys and key not in {config_key(c) for c in first}:
+                    first.append(cfg)
+                    taken += 1
+                if taken >= self.per_task:
+                    break
+        self.first = first
+
+    def run(self, pool: TaskPool, budget_s: float, seed: int) -> Trace:
+        rest = pool.configs
+        random.Random(seed_for(pool.task, seed)).shuffle(rest)
+        order = iter(self.first + rest)
+
+        def propose(done: set[str]) -> Config | None:
+            return next((c for c in order if config_key(c) not in done), None)
+        return run_in_order(self.name, pool, budget_s, seed, propose)
+
+
+class OptunaTPE:
+    """Optuna's TPE sampler (defaults) over the space's categorical decisions, mapped to the pool."""
+
+    name = "optuna-tpe"
+
+    def prepare(self, held: HeldOut, pool: TaskPool) -> None:
+        import optuna
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    @staticmethod
+    def _distributions(space: SearchSpace, cfg: Config) -> dict[str, Any]:
+        from optuna.distributions import CategoricalDistribution
+        return {p.name: CategoricalDistribution(list(p.values)) for p in space.parameters if cfg.get(p.name) is not None}
+
+    def run(self, pool: TaskPool, budget_s: float, seed: int) -> Trace:
+        import optuna
+        from optuna.trial import TrialState, create_trial
+        space = pool.space
+        rng = random.Random(seed_for(pool.task, seed) + 1)
+        study = optuna.create_study(direction="maximize",
+                                    sampler=optuna.samplers.TPESampler(seed=seed_for(pool.task, seed)))
+        pending: dict[str, Any] = {}
+
+        def propose(done: set[str]) -> Config | None:
+            fresh = [c for c in pool.configs if config_key(c) not in done]
+            if not fresh:
+                return None
+            trial = study.ask()
+            asked: Config = {}
+            for p in space.parameters:  # define-by-run: conditional decisions only where active
+                asked[p.name] = trial.suggest_categorical(p.name, list(p.values)) if p.active(asked) else None
+            dist = [sum(asked.get(n) != c.get(n) for n in space.names) for c in fresh]
+            best = min(dist)
+            cfg = rng.choice([c for c, d in zip(fresh, dist) if d == best])
+            pending["trial"], pending["exact"] = trial, best == 0
+            return cfg
+
+        def observe(cfg: Config, step: Step) -> None:
+            if step.cut:
+                study.tell(pending["trial"], state=TrialState.FAIL)
+                return
+            value = step.quality if step.quality is not None else TPE_FAILURE_VALUE
+            if pending["exact"]:
+                study.tell(pending["trial"], value)
+            else:  # TPE learns from the config really evaluated, not from its suggestion
+                study.tell(pending["trial"], state=TrialState.FAIL)
+                params = {k: v for k, v in cfg.items() if v is not None}
+                study.add_trial(create_trial(params=params, distributions=self._distributions(space, cfg),
+                                             value=value))
+        return run_in_order(self.name, pool, budget_s, seed, propose, observe)
+
+
+class Evolutionary:
+    """xsearch's ``EvolutionarySearch`` on the pool: zero-shot (uniform, no estimators) or in full
+    (warm start + estimator-guided skipping), with xsearch's default settings."""
+
+    def __init__(self, name: str, warm: bool, estimators: bool, k: int = K_SIMILAR, population: int = 4):
+        self.name, self.warm, self.use_estimators, self.k, self.population = name, warm, estimators, k, population
+        self.initial: dict | None = None
+        self.predictions: pd.DataFrame | None = None
+        self.fitted_on: list[str] = []
+        self.similar: list[tuple[str, float]] = []
+
+    def prepare(self, held: HeldOut, pool: TaskPool) -> None:
+        self.initial, self.predictions, self.fitted_on, self.similar = None, None, [], []
+        exp = held.experience
+        if self.warm and len(exp):
+            from xsearch.warmstart import similar_tasks, warm_start
+            self.initial = pool.space.normalise(warm_start(pool.space.uniform(), exp, held.features, k=self.k))
+            self.similar = similar_tasks(exp, held.features, k=self.k)
+        if self.use_estimators and len(exp):
+            from xsearch.estimators import Estimators
+            from xsearch.features import candidate_rows
+            est = Estimators().fit(exp)  # once per held-out task, on the other tasks only
+            if est.is_fitted:
+                self.fitted_on = est.training_groups.get("task_name", [])
+                rows = candidate_rows(pool.configs, held.features, held.hardware, experiences=exp)
+                pred = est.predict(rows)
+                pred.index = pool.keys
+                self.predictions = pred
+
+    def _predictor(self) -> Callable[[list[Config]], pd.DataFrame] | None:
+        if self.predictions is None:
+            return None
+        table = self.predictions
+        return lambda cfgs: table.loc[[config_key(c) for c in cfgs]].reset_index(drop=True)
+
+    def run(self, pool: TaskPool, budget_s: float, seed: int) -> Trace:
+        space = PoolSpace(pool.space, pool.configs)
+        settings = SearchSettings(budget_s=budget_s, population=self.population, seed=seed_for(pool.task, seed),
+                                  reserve_s=0.0, min_candidate_s=MIN_CANDIDATE_S, max_candidate_s=None)
+        # A frozen clock: the budget is simulated seconds, only the replayed runtimes count.
+        search = EvolutionarySearch(space, pool.evaluator, settings, f"race-{self.name}", self.initial,
+                                    self._predictor(), clock=lambda: 0.0, started_at=0.0)
+        space.exclude = search.results  # draw only configs this search has not evaluated yet
+        logging.getLogger("xsearch.search").setLevel(logging.ERROR)
+        result = search.run()
+        trace = Trace(self.name, pool.task, seed, budget_s, skipped=dict(result.skipped),
+                      stop_reason=result.stop_reason)
+        t = 0.0
+        for ev in result.evaluations:
+            t += ev.charged_s
+            trace.steps.append(pool.step(ev.outcome.config, ev.outcome, ev.charged_s, t))
+        return trace
+
+
+def default_contestants() -> list[Any]:
+    return [RandomSearch(), Evolutionary("zero-shot", warm=False, estimators=False), OptunaTPE(),
+            KnnWarmStart(), Evolutionary("xsearch", warm=True, estimators=True)]

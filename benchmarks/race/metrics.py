@@ -1,0 +1,159 @@
+"""Figures of the race from the contestants' traces: anytime normalised regret, error rate, mean
+evaluation time, configurations on or above the zero-shot Pareto front, energy, time to reach the
+zero-shot search's final best; per task (over seeds) and aggregated (median over tasks); targets.
+"""
+from __future__ import annotations
+
+import math
+from statistics import median
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from .pool import TaskPool, Trace
+
+REPORT_FRACTIONS = (0.10, 0.25, 0.50, 1.00)
+CURVE_POINTS = 101
+
+
+def best_by(trace: Trace, t: float) -> float | None:
+    """Best quality among the evaluations that ended by budget second ``t``."""
+    qs = [s.quality for s in trace.steps if s.quality is not None and s.t_end <= t + 1e-9]
+    return max(qs) if qs else None
+
+
+def regret_curve(trace: Trace, pool: TaskPool, fractions: Iterable[float]) -> list[float]:
+    return [pool.regret(best_by(trace, f * trace.budget_s)) for f in fractions]
+
+
+def time_to_reach(trace: Trace, target: float | None) -> float:
+    """Fraction of the budget after which the best-so-far quality is >= target (inf: never)."""
+    if target is None:
+        return 0.0
+    for s in trace.steps:
+        if s.quality is not None and s.quality >= target - 1e-12:
+            return s.t_end / trace.budget_s
+    return math.inf
+
+
+def pareto_points(traces: Iterable[Trace]) -> list[tuple[float, float]]:
+    """(quality, cost) of the non-dominated completed evaluations (quality up, runtime down)."""
+    pts = {(s.quality, s.cost_s) for t in traces for s in t.steps if s.quality is not None}
+    return [p for p in pts if not any(q[0] >= p[0] and q[1] <= p[1] and q != p for q in pts)]
+
+
+def on_or_above(trace: Trace, front: list[tuple[float, float]]) -> int:
+    """Distinct completed configurations of the trace that no point of ``front`` strictly dominates."""
+    keys = set()
+    for s in trace.steps:
+        if s.quality is None:
+            continue
+        if not any(f[0] >= s.quality and f[1] <= s.cost_s and (f[0] > s.quality or f[1] < s.cost_s) for f in front):
+            keys.add(s.key)
+    return len(keys)
+
+
+def _mean(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return float(np.mean(xs)) if xs else None
+
+
+def _median(xs: Iterable[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return float(median(xs)) if xs else None
+
+
+def task_summary(pool: TaskPool, traces: Mapping[str, list[Trace]], zero_shot: str = "zero-shot") -> dict[str, Any]:
+    """Per-contestant figures on one task (means over seeds; error rate pooled over seeds)."""
+    grid = np.linspace(0.0, 1.0, CURVE_POINTS)
+    zs = traces.get(zero_shot, [])
+    front = pareto_points(zs)
+    zs_finals = [best_by(t, math.inf) for t in zs]
+    zs_target = _median([q for q in zs_finals]) if zs and any(q is not None for q in zs_finals) else None
+    out: dict[str, Any] = {}
+    for name, ts in traces.items():
+        evals = [s for t in ts for s in t.evaluations]
+        n_err = sum(1 for s in evals if s.error)
+        curves = np.array([regret_curve(t, pool, grid) for t in ts])
+        reach = [time_to_reach(t, zs_target) for t in ts]
+        skipped: dict[str, int] = {}
+        for t in ts:
+            for k, v in t.skipped.items():
+                skipped[k] = skipped.get(k, 0) + v
+        out[name] = {
+            "regret_at": {f"{f:.2f}": _mean([pool.regret(best_by(t, f * t.budget_s)) for t in ts])
+                          for f in REPORT_FRACTIONS},
+            "curve": [float(x) for x in curves.mean(axis=0)],
+            "error_rate": n_err / len(evals) if evals else 0.0,
+            "errors_per_seed": n_err / len(ts),
+            "evaluations_per_seed": len(evals) / len(ts),
+            "mean_eval_s": _mean([s.cost_s for s in evals]),
+            "cut_per_seed": sum(1 for t in ts for s in t.steps if s.cut) / len(ts),
+            "pareto_count": _mean([on_or_above(t, front) for t in ts]),
+            "energy_kwh": _mean([sum(s.energy_kwh for s in t.steps) for t in ts]),
+            "used_fraction": _mean([t.used_s / t.budget_s for t in ts]),
+            "time_to_zero_shot_best": float(np.median(reach)),
+            "reached_zero_shot_best": sum(1 for r in reach if r <= 1.0) / len(reach),
+            "skipped_per_seed": {k: v / len(ts) for k, v in sorted(skipped.items())},
+            "stop_reasons": {r: sum(1 for t in ts if t.stop_reason == r) for r in sorted({t.stop_reason for t in ts})},
+        }
+    out["_zero_shot_final_best"] = zs_target
+    out["_zero_shot_front"] = sorted(front)
+    return out
+
+
+AGG_KEYS = ("error_rate", "mean_eval_s", "pareto_count", "energy_kwh", "evaluations_per_seed", "errors_per_seed",
+            "time_to_zero_shot_best", "reached_zero_shot_best", "used_fraction")
+
+
+def aggregate(per_task: Mapping[str, Mapping[str, Any]], contestants: list[str]) -> dict[str, Any]:
+    """Median over tasks of every per-task figure; curves as median and quartiles over tasks."""
+    out: dict[str, Any] = {}
+    for name in contestants:
+        rows = [t[name] for t in per_task.values() if name in t]
+        if not rows:
+            continue
+        curves = np.array([r["curve"] for r in rows])
+        entry: dict[str, Any] = {
+            "tasks": len(rows),
+            "regret_at": {f: _median(r["regret_at"][f] for r in rows) for f in rows[0]["regret_at"]},
+            "curve_median": [float(x) for x in np.median(curves, axis=0)],
+            "curve_q25": [float(x) for x in np.quantile(curves, 0.25, axis=0)],
+            "curve_q75": [float(x) for x in np.quantile(curves, 0.75, axis=0)],
+            "curve_mean": [float(x) for x in curves.mean(axis=0)],
+        }
+        for k in AGG_KEYS:
+            vals = [r[k] for r in rows]
+            entry[k] = _median(vals) if all(v is not None and math.isfinite(v) for v in vals) else \
+                (float(np.median([v if v is not None else math.inf for v in vals])))
+        out[name] = entry
+    return out
+
+
+def pooled_error_rate(traces: Iterable[Trace]) -> float:
+    evals = [s for t in traces for s in t.evaluations]
+    return sum(1 for s in evals if s.error) / len(evals) if evals else 0.0
+
+
+def targets(agg: Mapping[str, Any], pooled_errors: Mapping[str, float], ours: str = "xsearch",
+            zero_shot: str = "zero-shot", peers: tuple[str, ...] = ("optuna-tpe", "knn")) -> dict[str, Any]:
+    """The issue's three targets on the median held-out task, with the margin of each."""
+    a = agg[ours]
+    t1 = a["time_to_zero_shot_best"]
+    zs_err, our_err = agg[zero_shot]["error_rate"], a["error_rate"]
+    out: dict[str, Any] = {
+        "reach_zero_shot_best_within_third": {
+            "met": bool(t1 <= 1 / 3), "value": t1, "threshold": 1 / 3,
+            "says": "median over tasks of the median over seeds of the budget fraction xsearch needs to reach "
+                    "the zero-shot search's final best (median over seeds)"},
+        "error_rate_at_most_fifth_of_zero_shot": {
+            "met": bool(our_err <= zs_err / 5 + 1e-12), "value": our_err, "zero_shot": zs_err,
+            "threshold": zs_err / 5, "pooled": {ours: pooled_errors.get(ours), zero_shot: pooled_errors.get(zero_shot)},
+            "says": "median over tasks of the error rate pooled over seeds (failed evaluations / evaluations)"},
+    }
+    r = a["regret_at"]["0.25"]
+    out["lower_regret_than_peers_at_25pct"] = {
+        "met": bool(all(r < agg[p]["regret_at"]["0.25"] for p in peers if p in agg)), "value": r,
+        "peers": {p: agg[p]["regret_at"]["0.25"] for p in peers if p in agg},
+        "says": "median over tasks of the mean over seeds of normalised regret at 25% of the budget"}
+    return out

@@ -1,0 +1,229 @@
+"""The search race machinery (benchmarks/search_race.py, benchmarks/race/) on a small constructed
+meta-dataset: a fixed grid of configurations run on every task by the simulator of tests/stores.py.
+Checks that the held-out task's records never reach what the contestants learn from, that the
+budget is charged exactly as the logged runs took, and that the figures mean what they say."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import stores
+from xsearch.space import SearchSpace, config_key
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import search_race  # noqa: E402
+from race.contestants import Evolutionary, KnnWarmStart, OptunaTPE, RandomSearch, default_contestants  # noqa: E402
+from race.metrics import best_by, on_or_above, pareto_points, time_to_reach  # noqa: E402
+from race.pool import ERROR_STATUSES, HeldOut, PoolSpace, Step, TaskPool, Trace, hold_out  # noqa: E402
+
+MODELS = stores.MODELS[:2]  # 11M and 22M parameter encoders
+SPACE = SearchSpace.from_dict({"parameters": {
+    "model_name": {"values": [m.name for m in MODELS]},
+    "ft_method": {"values": ["lora", "partial", "full"]},
+    "peft_lora_r": {"values": [8, 16], "when": {"ft_method": "lora"}},
+    "ft_trainable_layers": {"values": [1, 2], "when": {"ft_method": "partial"}},
+    "train_learning_rate": {"values": [3e-5, 1e-4, 5e-4, 5e-3], "log": True},
+    "train_batch_size": {"values": [16, 256]},
+    "train_max_seq_length": {"values": [128, 512]},
+}})
+
+
+def grid() -> list[dict]:
+    """Ten configurations shared by all tasks, two of which run out of memory on a 16 GB GPU
+    (batch 256 x length 512) and one that diverges (full fine-tuning at 5e-3)."""
+    rows = [  # (models, method, LoRA r, trainable layers, learning rate, batch, max length)
+        ((0, 1), "lora", 8, None, 5e-4, 16, 128), ((0, 1), "lora", 16, None, 1e-4, 16, 128),
+        ((0,), "partial", None, 2, 1e-4, 16, 128), ((1,), "partial", None, 1, 5e-4, 16, 128),
+        ((0,), "full", None, None, 3e-5, 16, 128), ((1,), "full", None, None, 5e-3, 16, 128),
+        ((1,), "full", None, None, 3e-5, 256, 512), ((1,), "lora", 8, None, 5e-4, 256, 512),
+    ]
+    out = []
+    for models, method, r, layers, lr, bs, seq in rows:
+        for m in models:
+            out.append({"model_name": MODELS[m].name, "ft_method": method, "peft_lora_r": r,
+                        "ft_trainable_layers": layers, "train_learning_rate": lr, "train_batch_size": bs,
+                        "train_max_seq_length": seq})
+    return out
+
+
+def meta_records(n_tasks: int = 5, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    start = datetime(2025, 5, 1, tzinfo=timezone.utc)
+    by_name = {m.name: m for m in MODELS}
+    recs = []
+    for t in range(n_tasks):
+        task = stores.make_task(f"task_{t}", t % 2 == 0, rng)
+        for i, cfg in enumerate(grid()):
+            full = dict(cfg, peft_lora_alpha=None if cfg["peft_lora_r"] is None else 2 * cfg["peft_lora_r"],
+                        peft_lora_dropout=None if cfg["peft_lora_r"] is None else 0.1, train_epochs=2.0,
+                        train_warmup_ratio=0.0, train_weight_decay=0.0, train_lr_scheduler="linear")
+            recs.append(stores.simulate_run(task, by_name[cfg["model_name"]], stores.HARDWARE[1], full, rng,
+                                            start + timedelta(hours=t, minutes=i)))
+    return recs
+
+
+@pytest.fixture(scope="module")
+def records():
+    return meta_records()
+
+
+@pytest.fixture(scope="module")
+def experiences(records):
+    from xsearch.estimators import records_frame
+    return records_frame(records)
+
+
+def test_pool_is_the_tasks_logged_grid_and_regret_is_normalised(records):
+    pool = TaskPool(records, SPACE, "task_1")
+    assert len(pool) == len(grid()) and {config_key(c) for c in grid()} == set(pool.keys)
+    own = [r for r in records if r["task_name"] == "task_1"]
+    assert pool.grid_time_s == pytest.approx(sum(r["outcome_total_runtime_s"] for r in own))
+    assert pool.n_errors == sum(r["status"] in ERROR_STATUSES for r in own) >= 2  # the grid's OOMs at least
+    done = [r["outcome_primary_value"] for r in own if r["status"] == "completed"]
+    assert pool.best_quality == max(done) and pool.worst_quality == min(done)
+    assert pool.regret(max(done)) == 0.0 and pool.regret(min(done)) == 1.0 and pool.regret(None) == 1.0
+    mid = (max(done) + min(done)) / 2
+    assert pool.regret(mid) == pytest.approx(0.5)
+
+
+def test_held_out_records_never_reach_estimators_warm_start_or_knn(records, experiences):
+    task = "task_2"
+    held = hold_out(experiences, task)
+    assert task not in set(held.experience["task_name"])
+    assert len(held.experience) == len(experiences) - len(grid())
+    pool = TaskPool(records, SPACE, task)
+    xs, knn = Evolutionary("xsearch", warm=True, estimators=True), KnnWarmStart()
+    xs.prepare(held, pool)
+    knn.prepare(held, pool)
+    assert xs.predictions is not None and xs.initial is not None
+    assert task not in xs.fitted_on and len(xs.fitted_on) == 4
+    assert task not in [n for n, _ in xs.similar] and task not in [n for n, _ in knn.similar]
+    search_race.check_no_leak(task, held, [xs, knn])
+
+    # Whatever the held-out task's logged outcomes are, what the contestants learned is the same.
+    flipped = experiences.copy()
+    own = flipped["task_name"] == task
+    flipped.loc[own, "outcome_primary_value"] = 1.0 - flipped.loc[own, "outcome_primary_value"]
+    flipped.loc[own, "status"] = "oom"
+    flipped.loc[own, "outcome_total_runtime_s"] = 1.0
+    xs2, knn2 = Evolutionary("xsearch", warm=True, estimators=True), KnnWarmStart()
+    held2 = hold_out(flipped, task)
+    xs2.prepare(held2, pool)
+    knn2.prepare(held2, pool)
+    pd.testing.assert_frame_equal(xs.predictions, xs2.predictions)
+    assert xs.initial == xs2.initial and [config_key(c) for c in knn.first] == [config_key(c) for c in knn2.first]
+
+    # A leak is caught.
+    leaky = HeldOut(task, held.features, held.hardware, experiences)
+    with pytest.raises(search_race.LeakError):
+        search_race.check_no_leak(task, leaky, [])
+
+
+def _check_budget(trace: Trace, pool: TaskPool) -> None:
+    keys = [s.key for s in trace.steps]
+    assert len(keys) == len(set(keys)) and set(keys) <= set(pool.keys)  # each pool config at most once
+    t = 0.0
+    for i, s in enumerate(trace.steps):
+        entry = pool.entries[s.key]
+        t += s.cost_s
+        assert s.t_end == pytest.approx(t)
+        if s.cut:  # only the last run can be cut, and it takes exactly what was left
+            assert i == len(trace.steps) - 1 and s.cost_s < entry.cost_s and s.quality is None
+            assert s.t_end == pytest.approx(trace.budget_s)
+        else:  # charged its logged runtime; a failed logged run is an error and gives no quality
+            assert s.cost_s == pytest.approx(entry.cost_s) and s.status == entry.status
+            assert s.error == (entry.status in ERROR_STATUSES) and (s.quality is None) == (not entry.ok)
+    assert trace.used_s <= trace.budget_s + 1e-6
+
+
+@pytest.mark.parametrize("contestant", [RandomSearch(), KnnWarmStart(), OptunaTPE(),
+                                        Evolutionary("zero-shot", warm=False, estimators=False),
+                                        Evolutionary("xsearch", warm=True, estimators=True)],
+                         ids=lambda c: c.name)
+def test_budget_is_charged_as_the_logged_runs_took(records, experiences, contestant):
+    task = "task_3"
+    pool = TaskPool(records, SPACE, task)
+    contestant.prepare(hold_out(experiences, task), pool)
+    budget = 0.4 * pool.grid_time_s
+    traces = [contestant.run(pool, budget, seed) for seed in range(4)]
+    for tr in traces:
+        _check_budget(tr, pool)
+        assert tr.evaluations  # something was evaluated
+        # It ran until the budget (or the pool) was exhausted.
+        left = budget - tr.used_s
+        assert left < 1.0 or tr.stop_reason in ("pool_exhausted", "no_candidate") or tr.skipped
+    # A generous budget evaluates the whole pool (non-skipping contestants), each config once.
+    if contestant.name != "xsearch":
+        whole = contestant.run(pool, 10 * pool.grid_time_s, 0)
+        assert sorted(s.key for s in whole.steps) == sorted(pool.keys)
+        assert not any(s.cut for s in whole.steps)
+        assert sum(s.error for s in whole.steps) == pool.n_errors
+
+
+def test_pool_space_draws_new_pool_configs_following_the_distribution(records):
+    pool = TaskPool(records, SPACE, "task_0")
+    space = PoolSpace(SPACE, pool.configs)
+    dist = SPACE.normalise(SPACE.uniform())
+    dist["model_name"] = {MODELS[0].name: 1.0, MODELS[1].name: 0.0}
+    rng = random.Random(0)
+    draws = [space.sample(dist, rng) for _ in range(50)]
+    assert all(config_key(d) in set(pool.keys) for d in draws)
+    assert {d["model_name"] for d in draws} == {MODELS[0].name}
+    # Evaluated configs are not drawn again; once all of a model's are evaluated, the other one comes.
+    space.exclude = {k for k, c in zip(pool.keys, pool.configs) if c["model_name"] == MODELS[0].name}
+    assert {space.sample(dist, rng)["model_name"] for _ in range(20)} == {MODELS[1].name}
+    # The LoRA branch keeps its probability although it needs a matching rank.
+    dist = SPACE.normalise(SPACE.uniform())
+    space.exclude = ()
+    methods = [space.sample(dist, rng)["ft_method"] for _ in range(600)]
+    assert 0.2 < methods.count("lora") / 600 < 0.45
+
+
+def test_metrics_on_a_hand_made_trace(records):
+    pool = TaskPool(records, SPACE, "task_4")
+    ok = sorted((e for e in pool.entries.values() if e.ok), key=lambda e: e.quality)
+    worst, best = ok[0], ok[-1]
+    tr = Trace("x", "task_4", 0, 100.0, [Step(worst.key, "completed", worst.quality, 20.0, 0.1, 20.0),
+                                          Step("k-oom", "oom", None, 10.0, 0.01, 30.0),
+                                          Step(best.key, "completed", best.quality, 50.0, 0.2, 80.0),
+                                          Step("k-cut", "cut", None, 20.0, 0.05, 100.0)])
+    assert best_by(tr, 10.0) is None and best_by(tr, 25.0) == worst.quality and best_by(tr, 100.0) == best.quality
+    assert pool.regret(best_by(tr, 25.0)) == 1.0 and pool.regret(best_by(tr, 80.0)) == 0.0
+    assert time_to_reach(tr, best.quality) == pytest.approx(0.8) and time_to_reach(tr, 2.0) == math.inf
+    assert len(tr.evaluations) == 3 and sum(s.error for s in tr.evaluations) == 1
+    front = pareto_points([tr])
+    assert set(front) == {(worst.quality, 20.0), (best.quality, 50.0)}
+    assert on_or_above(tr, front) == 2
+    assert on_or_above(tr, [(best.quality, 20.0)]) == 0  # better and as cheap: dominates both
+    assert on_or_above(tr, [(best.quality, 30.0)]) == 1  # the cheap one is beyond that front, the best not
+
+
+def test_whole_race_end_to_end(records, tmp_path):
+    result, traces = search_race.run_race(records, SPACE, seeds=3, budget_fraction=0.4, min_pool=3)
+    names = [c.name for c in default_contestants()]
+    assert result["meta"]["n_tasks"] == 5 and result["meta"]["contestants"] == names
+    for task, t in result["per_task"].items():
+        assert t["budget_s"] == pytest.approx(0.4 * t["grid_time_s"])
+        assert t["experience_records"] == 4 * len(grid())
+        for n in names:
+            assert len(traces[task][n]) == 3
+            assert 0.0 <= t[n]["regret_at"]["0.25"] <= 1.0 and t[n]["regret_at"]["1.00"] <= t[n]["regret_at"]["0.25"]
+            assert 0.0 <= t[n]["error_rate"] <= 1.0
+    assert set(result["targets"]) == {"reach_zero_shot_best_within_third", "error_rate_at_most_fifth_of_zero_shot",
+                                      "lower_regret_than_peers_at_25pct"}
+    text = search_race.format_tables(result)
+    assert "xsearch" in text and "Targets" in text
+    json.loads(json.dumps(search_race._jsonable(result), allow_nan=False))
+    result["meta"].update(data="constructed", elapsed_s=0.0)
+    from race.plot import plot_anytime
+    png = plot_anytime(result, tmp_path / "race.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
