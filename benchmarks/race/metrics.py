@@ -124,8 +124,9 @@ def aggregate(per_task: Mapping[str, Mapping[str, Any]], contestants: list[str])
         }
         for k in AGG_KEYS:
             vals = [r[k] for r in rows]
-            entry[k] = _median(vals) if all(v is not None and math.isfinite(v) for v in vals) else \
-                (float(np.median([v if v is not None else math.inf for v in vals])))
+            # "never reached" (inf) is a value of the time to target; elsewhere None means "no
+            # evaluation on that task" (e.g. no mean evaluation time) and is left out.
+            entry[k] = float(np.median(vals)) if k == "time_to_zero_shot_best" else _median(vals)
         out[name] = entry
     return out
 
