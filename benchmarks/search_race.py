@@ -68,6 +68,9 @@ def run_race(records: list[Mapping[str, Any]], space: Any, seeds: int = 20, budg
     names = [c.name for c in contestants]
     all_tasks = sorted(str(t) for t in exp["task_name"].dropna().unique())
     tasks = all_tasks if tasks is None else tasks
+    unknown = sorted(set(tasks) - set(all_tasks))
+    if unknown:
+        raise ValueError(f"no records of task(s) {unknown}; the meta-dataset has {all_tasks}")
     per_task: dict[str, Any] = {}
     all_traces: dict[str, dict[str, list[Trace]]] = {}
     excluded: dict[str, str] = {}
@@ -127,14 +130,14 @@ def _f(v: Any, nd: int = 2) -> str:
 
 def format_tables(result: Mapping[str, Any]) -> str:
     agg, names = result["aggregate"], result["meta"]["contestants"]
-    head = (f"{'contestant':<11} " + " ".join(f"{'R@' + str(int(f * 100)) + '%':>6}" for f in REPORT_FRACTIONS)
+    head = (f"{'contestant':<12} " + " ".join(f"{'R@' + str(int(f * 100)) + '%':>6}" for f in REPORT_FRACTIONS)
             + f" {'err':>6} {'evals':>6} {'eval_s':>7} {'pareto':>6} {'kWh':>8} {'t->zs':>6}")
     lines = [f"Median over {result['meta']['n_tasks']} held-out tasks ({result['meta']['seeds']} seeds each; "
              f"R = normalised regret, err = error rate, t->zs = budget fraction to reach zero-shot's final best)",
              head, "-" * len(head)]
     for n in names:
         a = agg[n]
-        lines.append(f"{n:<11} " + " ".join(f"{_f(a['regret_at'][f'{f:.2f}']):>6}" for f in REPORT_FRACTIONS)
+        lines.append(f"{n:<12} " + " ".join(f"{_f(a['regret_at'][f'{f:.2f}']):>6}" for f in REPORT_FRACTIONS)
                      + f" {_f(a['error_rate'], 3):>6} {_f(a['evaluations_per_seed'], 1):>6}"
                      f" {_f(a['mean_eval_s'], 1):>7} {_f(a['pareto_count'], 1):>6} {_f(a['energy_kwh'], 5):>8}"
                      f" {_f(a['time_to_zero_shot_best']):>6}")
@@ -182,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="budget = this x the logged time of the task's whole grid")
     ap.add_argument("--tasks", default=None, help="comma-separated held-out tasks (default: all)")
     ap.add_argument("--min-pool", type=int, default=3, help="tasks with fewer logged configs are left out")
+    ap.add_argument("--ablations", action="store_true",
+                    help="also run xsearch with only its warm start and with only its estimators")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--plot", default=str(PLOT))
     args = ap.parse_args(argv)
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{len(records)} records from {args.data}; {args.seeds} seeds; budget = {args.budget_fraction:g} x grid time",
           flush=True)
     result, _ = run_race(records, space, seeds=args.seeds, budget_fraction=args.budget_fraction, tasks=tasks,
-                         min_pool=args.min_pool, progress=True)
+                         min_pool=args.min_pool, contestants=default_contestants(args.ablations), progress=True)
     elapsed = time.perf_counter() - t0
     try:
         data_name = str(Path(args.data).resolve().relative_to(REPO))

@@ -227,3 +227,13 @@ def test_whole_race_end_to_end(records, tmp_path):
     from race.plot import plot_anytime
     png = plot_anytime(result, tmp_path / "race.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tasks_too_small_or_unknown_are_reported(records):
+    with pytest.raises(ValueError, match="no records of task"):
+        search_race.run_race(records, SPACE, seeds=1, tasks=["nope"])
+    with pytest.raises(ValueError, match="no task has at least"):
+        search_race.run_race(records, SPACE, seeds=1, tasks=["task_0"], min_pool=len(grid()) + 1)
+    result, _ = search_race.run_race(records, SPACE, seeds=1, tasks=["task_0", "task_1"],
+                                     contestants=[RandomSearch()])
+    assert result["meta"]["tasks"] == ["task_0", "task_1"] and result["targets"] == {}

@@ -224,6 +224,12 @@ class Evolutionary:
         return trace
 
 
-def default_contestants() -> list[Any]:
-    return [RandomSearch(), Evolutionary("zero-shot", warm=False, estimators=False), OptunaTPE(),
-            KnnWarmStart(), Evolutionary("xsearch", warm=True, estimators=True)]
+def default_contestants(ablations: bool = False) -> list[Any]:
+    """The five contestants of the issue; ``ablations`` adds xsearch with only its warm start
+    and xsearch with only its estimators (to tell which part helps)."""
+    out = [RandomSearch(), Evolutionary("zero-shot", warm=False, estimators=False), OptunaTPE(),
+           KnnWarmStart(), Evolutionary("xsearch", warm=True, estimators=True)]
+    if ablations:
+        out += [Evolutionary("xs-warm-only", warm=True, estimators=False),
+                Evolutionary("xs-est-only", warm=False, estimators=True)]
+    return out

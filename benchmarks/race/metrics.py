@@ -5,7 +5,7 @@ zero-shot search's final best; per task (over seeds) and aggregated (median over
 from __future__ import annotations
 
 import math
-from statistics import median
+from statistics import median, median_low
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -68,8 +68,11 @@ def task_summary(pool: TaskPool, traces: Mapping[str, list[Trace]], zero_shot: s
     grid = np.linspace(0.0, 1.0, CURVE_POINTS)
     zs = traces.get(zero_shot, [])
     front = pareto_points(zs)
-    zs_finals = [best_by(t, math.inf) for t in zs]
-    zs_target = _median([q for q in zs_finals]) if zs and any(q is not None for q in zs_finals) else None
+    # Zero-shot's final best on the task: the median seed's (a seed that completed nothing counts
+    # as -inf; if that is the median, the target is "nothing", reached at once).
+    finals = [best_by(t, math.inf) for t in zs]
+    zs_target = median_low([-math.inf if q is None else q for q in finals]) if finals else -math.inf
+    zs_target = None if zs_target == -math.inf else zs_target
     out: dict[str, Any] = {}
     for name, ts in traces.items():
         evals = [s for t in ts for s in t.evaluations]

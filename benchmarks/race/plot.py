@@ -7,7 +7,8 @@ from typing import Any, Mapping
 import numpy as np
 
 STYLE = {"random": ("#888888", ":"), "zero-shot": ("#1f77b4", "--"), "optuna-tpe": ("#ff7f0e", "-."),
-         "knn": ("#2ca02c", (0, (3, 1, 1, 1))), "xsearch": ("#d62728", "-")}
+         "knn": ("#2ca02c", (0, (3, 1, 1, 1))), "xsearch": ("#d62728", "-"),
+         "xs-warm-only": ("#9467bd", (0, (1, 1))), "xs-est-only": ("#8c564b", (0, (5, 2)))}
 
 
 def plot_anytime(result: Mapping[str, Any], path: Path) -> Path:
