@@ -2,6 +2,7 @@
 hang (time limit) ends the candidate, not the caller, and is recorded as such in the store."""
 from __future__ import annotations
 
+import random
 import re
 from pathlib import Path
 
@@ -92,3 +93,41 @@ def test_candidate_killed_before_recording_gets_a_stand_in_record(ev):
     assert rec["source"] == "xsearch" and rec["search_id"] == "test-search"
     assert rec["ft_method"] == "partial" and rec["ft_trainable_layers"] == 1
     assert rec["task_n_train"] == 150 and rec["task_name"] == "sms_spam_600"
+
+
+def test_relative_output_and_store_paths(tmp_path, monkeypatch):
+    """Relative --out and --home work although the fork server runs in another directory."""
+    from click.testing import CliRunner
+
+    from xsearch.cli import main as xsearch_main
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(xsearch_main, ["run", "--data", str(SMS), "--space", str(TINY), "--budget", "60s",
+                                            "--max-evals", "1", "--no-energy", "--max-train", "80", "--plain",
+                                            "--home", "home", "--out", "out"])
+    assert res.exit_code == 0, res.output
+    [rec] = LocalStore(tmp_path / "home").records()
+    assert rec["status"] in ("completed", "timeout") and rec["source"] == "xlog"  # the worker itself ran
+    assert (tmp_path / "out" / "leaderboard.csv").exists()
+
+
+def test_broken_worker_stops_instead_of_recording_junk(tmp_path):
+    """Candidates that die before they can even open their log are the evaluator's fault, not the
+    configuration's: nothing is recorded and, after a few, the evaluator gives up loudly."""
+    from xsearch.evaluator import MAX_SILENT_DEATHS, EvaluatorError
+    task = load_task(SMS, max_train=80, max_eval=40)
+    task.save(tmp_path / "task")
+    space = SearchSpace.load(TINY)
+    for i in range(1, MAX_SILENT_DEATHS + 1):  # a directory where each worker's log file should go
+        (tmp_path / "runs" / f"candidate-{i:04d}" / "worker.log").mkdir(parents=True)
+    store = LocalStore(tmp_path / "store")
+    e = SubprocessEvaluator(tmp_path / "task", space, store, "s", task_name=task.name, energy=False,
+                            work_dir=tmp_path / "runs")
+    try:
+        cfg = space.sample(space.uniform(), random.Random(0))
+        for _ in range(MAX_SILENT_DEATHS - 1):
+            assert e.evaluate(cfg, 60).status == "failed"
+        with pytest.raises(EvaluatorError, match="died before starting"):
+            e.evaluate(cfg, 60)
+    finally:
+        e.close()
+    assert store.records() == []

@@ -128,6 +128,7 @@ def register(main: click.Group) -> None:
         from rich.live import Live
 
         from .data import DataError
+        from .evaluator import EvaluatorError
         from .space import SpaceError
         from .search import run_search
         budget_given = click.get_current_context().get_parameter_source("budget") != click.core.ParameterSource.DEFAULT
@@ -155,7 +156,7 @@ def register(main: click.Group) -> None:
                 resume=resume, seed=seed, store_root=home, memory_limit_gb=memory_limit, population=population,
                 max_train=max_train, warm=not zero_shot, use_estimators=not zero_shot, energy=not no_energy,
                 max_candidate_s=cand_s, on_event=on_event)
-        except (DataError, SpaceError, FileNotFoundError) as exc:
+        except (DataError, SpaceError, EvaluatorError, FileNotFoundError) as exc:
             raise click.ClickException(str(exc)) from None
         finally:
             if live is not None:

@@ -41,6 +41,13 @@ _OOM_MARKERS = ("can't allocate memory", "cannot allocate memory", "out of memor
                 "std::bad_alloc", "memory allocation of")
 
 
+MAX_SILENT_DEATHS = 3
+
+
+class EvaluatorError(RuntimeError):
+    """The evaluator cannot run candidates at all (as opposed to a candidate failing)."""
+
+
 @dataclass
 class Outcome:
     """What one evaluation of a candidate gave."""
@@ -148,12 +155,15 @@ class SubprocessEvaluator:
                  task_name: str | None = None, memory_limit_gb: float | None = None, grace_s: float = 5.0,
                  energy: bool = True, seed: int = 0, work_dir: Path | None = None,
                  record_defaults: Mapping[str, Any] | None = None):
-        self.task_dir, self.space, self.store = Path(task_dir), space, store
+        # Absolute paths: the fork server runs in work_dir, so relative ones would point elsewhere.
+        self.task_dir, self.space = Path(task_dir).resolve(), space
+        self.store = LocalStore(Path(store.root).resolve())
         self.search_id, self.task_name = search_id, task_name
         self.memory_limit_gb, self.grace_s = memory_limit_gb, grace_s
         self.energy, self.seed = energy, seed
         self._own_work_dir = work_dir is None
-        self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="xsearch-"))
+        self.work_dir = Path(work_dir).resolve() if work_dir else Path(tempfile.mkdtemp(prefix="xsearch-"))
+        self._died_without_log = 0
         self.record_defaults = dict(record_defaults or {})
         self._server: subprocess.Popen | None = None
         self._lines: queue.Queue[str] = queue.Queue()
@@ -194,7 +204,8 @@ class SubprocessEvaluator:
             except queue.Empty:
                 return None
             if line == "eof":
-                raise RuntimeError("the xsearch fork server died (see the worker logs in " + str(self.work_dir) + ")")
+                raise EvaluatorError(f"the xsearch fork server ({sys.executable} -m xsearch.worker --serve) "
+                                     f"died; worker logs are in {self.work_dir}")
             if match(line):
                 return line
 
@@ -236,6 +247,15 @@ class SubprocessEvaluator:
         wall = time.monotonic() - t0
         code = int(line.split()[2]) if line else None
         rec = find_record(self.store, record_id)
+        if rec is None and not timed_out and not log_path.is_file():
+            # The candidate died before it could even open its log: the evaluator itself is
+            # broken (not this configuration), so nothing is recorded as experience.
+            self._died_without_log += 1
+            if self._died_without_log >= MAX_SILENT_DEATHS:
+                raise EvaluatorError(f"{MAX_SILENT_DEATHS} candidates in a row died before starting (exit {code}); "
+                                     f"nothing was recorded for them. Check {self.work_dir} and the worker set-up.")
+            return Outcome(config=dict(config), status="failed", wall_s=wall, error=f"worker exited with {code}")
+        self._died_without_log = 0
         if rec is None:
             tail = _log_tail(log_path)
             if timed_out:
