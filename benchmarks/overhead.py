@@ -6,7 +6,7 @@ XLogCallback and with CodeCarbonCallback, interleaved (each repeat runs the thre
 order), each in a fresh subprocess so that no variant inherits another's warm caches. The timed
 span is Trainer construction + train(), i.e. everything the callback can add.
 
-usage: python benchmarks/overhead.py [--repeats 5] [--n 320] [--out benchmarks/results/overhead.json]
+usage: python benchmarks/overhead.py [--repeats 7] [--n 600] [--out benchmarks/results/overhead.json]
 """
 from __future__ import annotations
 
@@ -70,8 +70,8 @@ def run_one(variant: str, n: int, data: Path, home: Path) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--n", type=int, default=320, help="training examples")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--n", type=int, default=600, help="training examples")
     ap.add_argument("--data", type=Path, default=HERE.parent / "examples" / "data" / "sms_spam_600.parquet")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "overhead.json")
     a = ap.parse_args()
