@@ -525,7 +525,8 @@ def grouped_cv_report(experiences: pd.DataFrame, group_by: str = "task_name", n_
 def format_report(report: Mapping[str, Any]) -> str:
     """A plain-text table of a grouped CV report."""
     def f(v: Any) -> str:
-        return "n/a" if v is None else (f"{v:.3g}" if abs(v) >= 100 else f"{v:.3f}")
+        # Three significant digits for large and tiny values (energy MAEs are ~1e-4 kWh).
+        return "n/a" if v is None else (f"{v:.3g}" if abs(v) >= 100 or 0 < abs(v) < 0.01 else f"{v:.3f}")
     q = report.get("quality_metric") or "none"
     sign = " (negated: lower is better)" if report.get("quality_sign", 1.0) < 0 else ""
     lines = [f"Grouped CV holding out whole {report['group_by']} groups: {report['n_groups']} groups, "
