@@ -6,7 +6,6 @@ import functools
 import inspect
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -37,12 +36,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _finite(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _peak_rss_gb() -> float | None:
@@ -163,7 +156,7 @@ class XLogCallback(TrainerCallback):
         if not self._active or not metrics:
             return control
         self._eval_metrics = {k: float(v) for k, v in metrics.items() if k != "epoch"
-                              and isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v) is not None}
+                              and isinstance(v, (int, float)) and not isinstance(v, bool) and S.finite_or_none(v) is not None}
         if self._closed and self.record is not None:
             # An evaluate() after training updates the outcome of the record already written.
             with self._lock:
@@ -240,12 +233,12 @@ class XLogCallback(TrainerCallback):
             for entry in getattr(state, "log_history", []) or []:
                 logs.update({k: v for k, v in entry.items() if isinstance(v, (int, float))})
             rec["outcome_steps_completed"] = int(state.global_step)
-            rec["outcome_epochs_completed"] = _finite(state.epoch) if state.epoch is not None else None
+            rec["outcome_epochs_completed"] = S.finite_or_none(state.epoch) if state.epoch is not None else None
         rec["outcome_metrics"] = metrics or None
         primary = self._primary_name(metrics)
         if primary:
             rec["outcome_primary_metric"] = primary
-            rec["outcome_primary_value"] = _finite(metrics.get(primary))
+            rec["outcome_primary_value"] = S.finite_or_none(metrics.get(primary))
             gib = self.greater_is_better
             if gib is None:
                 args = getattr(self._trainer, "args", None)
@@ -255,12 +248,12 @@ class XLogCallback(TrainerCallback):
                 else:
                     gib = not primary.endswith("loss")
             rec["outcome_greater_is_better"] = gib
-        rec["outcome_train_loss"] = _finite(logs.get("train_loss", logs.get("loss")))
+        rec["outcome_train_loss"] = S.finite_or_none(logs.get("train_loss", logs.get("loss")))
         rt = logs.get("train_runtime")
-        rec["outcome_train_runtime_s"] = _finite(rt) if rt is not None else (
+        rec["outcome_train_runtime_s"] = S.finite_or_none(rt) if rt is not None else (
             time.monotonic() - self._t0 if self._t0 else None)
-        rec["outcome_train_samples_per_s"] = _finite(logs.get("train_samples_per_second"))
-        rec["outcome_eval_runtime_s"] = _finite(metrics.get("eval_runtime"))
+        rec["outcome_train_samples_per_s"] = S.finite_or_none(logs.get("train_samples_per_second"))
+        rec["outcome_eval_runtime_s"] = S.finite_or_none(metrics.get("eval_runtime"))
 
     def _primary_name(self, metrics: Mapping[str, float]) -> str | None:
         wanted = self.primary_metric

@@ -261,6 +261,16 @@ def records_to_table(records: Iterable[Mapping[str, Any]], version: int = CURREN
     return pa.table({n: pa.array(cols[n], type=schema.field(n).type) for n in schema.names}, schema=schema)
 
 
+def finite_or_none(v: Any) -> float | None:
+    """``v`` as a float if it is a finite number (or numeric string), else None: records hold
+    null, never NaN or infinity, for values that are unknown."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
 def new_record_id() -> str:
     return str(uuid.uuid4())
 

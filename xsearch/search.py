@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import pandas as pd
 
+from xlog.schema import finite_or_none
+
 from .evaluator import Evaluator, Outcome
 from .space import Config, Distribution, SearchSpace, config_key, resolve_model_path
 
@@ -211,12 +213,6 @@ def _median(xs: list[float]) -> float:
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
-def _finite(x: Any) -> float | None:
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 class EvolutionarySearch:
@@ -293,7 +289,7 @@ class EvolutionarySearch:
         if self.predictor is not None:
             try:
                 row = self.predictor([cfg]).iloc[0]
-                pred = {k: float(v) for k, v in row.items() if _finite(v) is not None}
+                pred = {k: float(v) for k, v in row.items() if finite_or_none(v) is not None}
             except Exception as exc:  # a broken estimator must not stop the search
                 log.warning("estimators failed to predict (%s: %s); going on without them", type(exc).__name__, exc)
                 self.predictor = None
