@@ -72,6 +72,28 @@ def test_corrupt_and_invalid_files_are_quarantined_not_lost(tmp_path):
     assert len(store.records()) == 1  # a second read finds nothing left to quarantine
 
 
+
+def test_a_broken_install_quarantines_nothing(tmp_path, monkeypatch):
+    """Regression: a stale editable install made the schema package unimportable, and every good
+    record in a store was quarantined. An environment error must propagate and move no file."""
+    from xlog.remotes import sync
+    from xsearch.evaluator import find_record
+    store = LocalStore(tmp_path)
+    paths = [store.write(record()) for _ in range(3)]
+
+    def broken(*a, **k):
+        raise ModuleNotFoundError("No module named 'xlog.schema_files'")
+    monkeypatch.setattr(S, "validate_table", broken)
+    with pytest.raises(ModuleNotFoundError):
+        store.records()
+    with pytest.raises(ModuleNotFoundError):
+        store.get(paths[0].stem)
+    with pytest.raises(ModuleNotFoundError):
+        find_record(store, paths[0].stem)
+    with pytest.raises(ModuleNotFoundError):
+        sync._read_one(store, paths[0], sync.PushResult(remote="r"))
+    assert all(p.exists() for p in paths) and not store.quarantine_dir.exists()
+
 def test_schema_has_description_and_unit_for_every_field():
     doc = S.load_json_schema(1)
     for name, p in doc["properties"].items():

@@ -81,12 +81,28 @@ def iter_parquet_files(directory: Path) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
+class BadRecordFile(Exception):
+    """This file (not the environment) is at fault: unreadable Parquet or an invalid record."""
+
+
+# Errors that say the *file* is bad. Anything else (an ImportError from a broken install, a
+# MemoryError, a bug) propagates: quarantining on it would move every good record aside.
+_FILE_ERRORS = (pa.ArrowException, OSError, ValueError, TypeError, KeyError)
+
+
 def read_and_validate(path: Path) -> pa.Table:
-    """Read a Parquet file and validate it; raises ``S.ValidationError`` or an Arrow error."""
-    table = pq.read_table(path)
-    problems = S.validate_table(table)
+    """Read a Parquet file and validate it. Raises ``BadRecordFile`` when the file is at fault,
+    ``FileNotFoundError`` when it vanished, and any other error unchanged."""
+    S.fields()  # a schema that cannot load is the environment's fault: fail before touching files
+    try:
+        table = pq.read_table(path)
+        problems = S.validate_table(table)
+    except FileNotFoundError:
+        raise
+    except _FILE_ERRORS as exc:
+        raise BadRecordFile(f"{type(exc).__name__}: {exc}") from exc
     if problems:
-        raise S.ValidationError(problems, where=str(path.name))
+        raise BadRecordFile(str(S.ValidationError(problems, where=str(path.name))))
     return table
 
 
@@ -148,8 +164,8 @@ class LocalStore:
                 tables.append(read_and_validate(path))
             except FileNotFoundError:
                 continue  # removed by a concurrent process between listing and reading
-            except Exception as exc:  # any parse/validation failure: keep the file, skip it
-                self.quarantine(path, f"{type(exc).__name__}: {exc}")
+            except BadRecordFile as exc:  # keep the file, out of the way, and skip it
+                self.quarantine(path, str(exc))
         return tables
 
     def records(self) -> list[dict]:
@@ -169,8 +185,8 @@ class LocalStore:
             return None
         try:
             table = read_and_validate(matches[0])
-        except Exception as exc:
-            self.quarantine(matches[0], f"{type(exc).__name__}: {exc}")
+        except BadRecordFile as exc:
+            self.quarantine(matches[0], str(exc))
             return None
         return S.table_to_records(table)[0]
 

@@ -31,7 +31,7 @@ from typing import Any, Mapping, Protocol
 from xlog import __version__ as XLOG_VERSION
 from xlog import schema as S
 from xlog.privacy import scrub_text
-from xlog.store import LocalStore, read_and_validate
+from xlog.store import BadRecordFile, LocalStore, read_and_validate
 
 from .space import SearchSpace, config_key
 
@@ -101,8 +101,8 @@ def find_record(store: LocalStore, record_id: str) -> dict | None:
     for path in store.records_dir.glob(f"*/{record_id}.parquet"):
         try:
             return S.table_to_records(read_and_validate(path))[0]
-        except Exception as exc:
-            store.quarantine(path, f"{type(exc).__name__}: {exc}")
+        except BadRecordFile as exc:
+            store.quarantine(path, str(exc))
     return None
 
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from .. import schema as S
 from ..ledger import Ledger
-from ..store import LocalStore, read_and_validate
+from ..store import BadRecordFile, LocalStore, read_and_validate
 from . import Remote, RemoteError
 from . import layout as L
 
@@ -62,8 +62,8 @@ def _read_one(store: LocalStore, path: Path, result: PushResult) -> list[dict]:
         table = read_and_validate(path)
     except FileNotFoundError:
         return []
-    except Exception as exc:  # unreadable or invalid: keep it out of the remote, keep the file
-        store.quarantine(path, f"not pushed: {type(exc).__name__}: {exc}")
+    except BadRecordFile as exc:  # unreadable or invalid: keep it out of the remote, keep the file
+        store.quarantine(path, f"not pushed: {exc}")
         result.invalid.append(path.name)
         return []
     return S.table_to_records(table)
