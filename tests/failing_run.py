@@ -1,7 +1,9 @@
 """A real training script that ends badly in a chosen way; run by test_failures.py in a subprocess.
 
-usage: python failing_run.py MODE OUT_DIR   (MODE: oom | wait)
-  oom   a memory limit (RLIMIT_AS) below what a large batch needs: the host allocator fails
+usage: python failing_run.py MODE OUT_DIR   (MODE: oom | cuda-oom | wait)
+  oom       a memory limit (RLIMIT_AS) below what a large batch needs: the host allocator fails
+  cuda-oom  on a GPU, a 2048-wide model whose gradients and Adam states exceed a 1 GiB cap on
+            CUDA's caching allocator: a real torch.OutOfMemoryError from CUDA allocation
   wait  trains "forever"; writes OUT_DIR/started after a few steps so the test can signal it
 """
 import os
@@ -35,6 +37,12 @@ def main() -> None:
         train = train.select([i % len(train) for i in range(4096)])
         used = _vm_bytes()
         resource.setrlimit(resource.RLIMIT_AS, (used + (1 << 30), resource.RLIM_INFINITY))
+    if mode == "cuda-oom":
+        import torch
+        model = tiny.bert_classifier(hidden_size=2048)
+        kw = {"per_device_train_batch_size": 512, "use_cpu": False}
+        train = train.select([i % len(train) for i in range(2048)])
+        torch.cuda.set_per_process_memory_fraction((1 << 30) / torch.cuda.get_device_properties(0).total_memory)
     trainer = Trainer(model=model, args=tiny.training_args(out / "o", **kw), train_dataset=train,
                       processing_class=tiny.tokenizer(), callbacks=[XLogCallback(task_name="fail"), Started()])
     trainer.train()

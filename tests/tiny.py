@@ -32,10 +32,10 @@ def tokenizer():
     return fast
 
 
-def bert_classifier(num_labels: int = 2, layers: int = 2):
+def bert_classifier(num_labels: int = 2, layers: int = 2, hidden_size: int = 32):
     from transformers import BertConfig, BertForSequenceClassification
-    cfg = BertConfig(vocab_size=tokenizer().vocab_size, hidden_size=32, num_hidden_layers=layers,
-                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+    cfg = BertConfig(vocab_size=tokenizer().vocab_size, hidden_size=hidden_size, num_hidden_layers=layers,
+                     num_attention_heads=2, intermediate_size=2 * hidden_size, max_position_embeddings=64,
                      num_labels=num_labels, pad_token_id=0)
     return BertForSequenceClassification(cfg)
 
