@@ -106,6 +106,33 @@ def test_replay_evaluator_answers_from_the_log(budget_search):
     assert sum(e.charged_s for e in res.evaluations) == pytest.approx(sum(e.outcome.wall_s for e in res.evaluations), rel=0.01)
 
 
+def test_search_among_candidates_evaluates_each_once(budget_search):
+    root, result, paths, events, elapsed = budget_search
+    space = SearchSpace.load(TINY)
+    rep = ReplayEvaluator(own_records(LocalStore(root / "home"), result.search_id), space, task_name="sms_spam_600")
+    res = EvolutionarySearch(space, rep, SearchSettings(budget_s=1e6, population=2, seed=1), "among",
+                             candidates=rep.configs()).run()
+    assert sorted(e.outcome.key for e in res.evaluations) == sorted(rep.index)  # each listed config once
+    assert res.skipped["not_logged"] == 0 and res.stop_reason == "no_candidate"
+
+
+def test_gain_per_second_ranks_cheap_good_runs_first_then_improvements():
+    space = SearchSpace.load(TINY)
+    s = EvolutionarySearch(space, ReplayEvaluator([], space), SearchSettings(quality_sd=0.05), "rank")
+    cheap, slow = {"quality": 0.80, "wall_s": 10.0}, {"quality": 0.85, "wall_s": 100.0}
+    g = s.gain_per_s([cheap, slow])
+    assert g[0] > g[1]  # nothing run yet: a slightly worse run 10x cheaper comes first
+    s.results["inc"] = Outcome({"k": 1}, "completed", 0.80, {}, 10.0, 10.0)
+    same, better = {"quality": 0.78, "wall_s": 10.0}, {"quality": 0.95, "wall_s": 100.0}
+    g = s.gain_per_s([same, better])
+    assert g[1] > g[0]  # once 0.80 is reached, only a real improvement is worth its time
+    risky, safe = {"quality": 0.9, "wall_s": 10.0, "p_fail": 0.9}, {"quality": 0.9, "wall_s": 10.0}
+    g = s.gain_per_s([risky, safe])
+    assert g[0] < g[1]
+    no_cost = s.gain_per_s([{"quality": 0.9}, {"quality": 0.85, "wall_s": 1.0}])
+    assert no_cost[0] > no_cost[1]  # without a cost for every candidate, quality alone decides
+
+
 def test_distribution_moves_towards_the_elite():
     space = SearchSpace.load(TINY)
     d0 = space.normalise(space.uniform(), floor=0.1)

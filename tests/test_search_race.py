@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import search_race  # noqa: E402
 from race.contestants import Evolutionary, KnnWarmStart, OptunaTPE, RandomSearch, default_contestants  # noqa: E402
 from race.metrics import best_by, on_or_above, pareto_points, time_to_reach  # noqa: E402
-from race.pool import ERROR_STATUSES, HeldOut, PoolSpace, Step, TaskPool, Trace, hold_out  # noqa: E402
+from race.pool import ERROR_STATUSES, HeldOut, Step, TaskPool, Trace, hold_out  # noqa: E402
 
 MODELS = stores.MODELS[:2]  # 11M and 22M parameter encoders
 SPACE = SearchSpace.from_dict({"parameters": {
@@ -169,22 +169,21 @@ def test_budget_is_charged_as_the_logged_runs_took(records, experiences, contest
         assert sum(s.error for s in whole.steps) == pool.n_errors
 
 
-def test_pool_space_draws_new_pool_configs_following_the_distribution(records):
+def test_sampling_among_the_pool_follows_the_distribution(records):
     pool = TaskPool(records, SPACE, "task_0")
-    space = PoolSpace(SPACE, pool.configs)
     dist = SPACE.normalise(SPACE.uniform())
     dist["model_name"] = {MODELS[0].name: 1.0, MODELS[1].name: 0.0}
     rng = random.Random(0)
-    draws = [space.sample(dist, rng) for _ in range(50)]
+    draws = [SPACE.sample(dist, rng, among=pool.configs) for _ in range(50)]
     assert all(config_key(d) in set(pool.keys) for d in draws)
     assert {d["model_name"] for d in draws} == {MODELS[0].name}
     # Evaluated configs are not drawn again; once all of a model's are evaluated, the other one comes.
-    space.exclude = {k for k, c in zip(pool.keys, pool.configs) if c["model_name"] == MODELS[0].name}
-    assert {space.sample(dist, rng)["model_name"] for _ in range(20)} == {MODELS[1].name}
+    done = {k for k, c in zip(pool.keys, pool.configs) if c["model_name"] == MODELS[0].name}
+    assert {SPACE.sample(dist, rng, among=pool.configs, exclude=done)["model_name"] for _ in range(20)} \
+        == {MODELS[1].name}
     # The LoRA branch keeps its probability although it needs a matching rank.
     dist = SPACE.normalise(SPACE.uniform())
-    space.exclude = ()
-    methods = [space.sample(dist, rng)["ft_method"] for _ in range(600)]
+    methods = [SPACE.sample(dist, rng, among=pool.configs)["ft_method"] for _ in range(600)]
     assert 0.2 < methods.count("lora") / 600 < 0.45
 
 

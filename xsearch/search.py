@@ -59,6 +59,12 @@ class SearchSettings:
     reserve_s: float = 2.0  # kept back for writing the reports
     min_candidate_s: float = 5.0  # below this, no candidate is worth starting
     max_draws: int = 12  # draws per population slot (skipped / already evaluated ones are redrawn)
+    # With quality predictions, a slot draws up to this many admissible candidates and runs the one
+    # with the highest expected improvement per predicted second (anytime: cheap good runs first).
+    choose_from: int = 4
+    # Spread of a predicted quality in the expected improvement: smaller exploits the predictions
+    # more. 0.05 did best among 0.05/0.15/0.3 in the race on the 122-record snapshot (docs/race.md).
+    quality_sd: float = 0.05
     max_idle_generations: int = 3
 
 
@@ -182,9 +188,11 @@ class OnlineCost:
     def overhead_s(self) -> float:
         return _median(self.overheads) if self.overheads else 3.0
 
-    def wall_s(self, cfg: Config) -> float | None:
-        # The most specific finished runs: same model and method, else same model, else any.
-        rates = next((self.per_epoch[k] for k in self._keys(cfg) if self.per_epoch.get(k)), None)
+    def wall_s(self, cfg: Config, any_model: bool = True) -> float | None:
+        """Predicted wall seconds from the most specific finished runs: same model and method, else
+        same model, else (``any_model``) any model."""
+        keys = self._keys(cfg) if any_model else self._keys(cfg)[:2]
+        rates = next((self.per_epoch[k] for k in keys if self.per_epoch.get(k)), None)
         if not rates:
             rates = self.lower_bounds.get(self._keys(cfg)[0])
         if not rates:
@@ -207,6 +215,20 @@ def _ge(a: Any, b: Any) -> bool:
     return float(a) >= float(b)
 
 
+def _norm_cdf(z: float) -> float:
+    return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+
+class _Union:
+    """Membership in any of several containers (without copying them)."""
+
+    def __init__(self, *parts: Any) -> None:
+        self.parts = parts
+
+    def __contains__(self, key: object) -> bool:
+        return any(key in p for p in self.parts)
+
+
 def _median(xs: list[float]) -> float:
     s = sorted(xs)
     n = len(s)
@@ -218,15 +240,19 @@ def _median(xs: list[float]) -> float:
 class EvolutionarySearch:
     """The loop. ``predictor(configs) -> DataFrame[quality, runtime_s, energy_kwh, p_fail]`` (NaN
     where unknown) comes from the estimators; ``journal`` holds finished outcomes of an earlier run
-    of this search (resume); ``used_before_s``/``used_before_kwh`` is the budget they consumed."""
+    of this search (resume); ``used_before_s``/``used_before_kwh`` is the budget they consumed;
+    ``candidates`` restricts the search to a finite list of configs of the space."""
 
     def __init__(self, space: SearchSpace, evaluator: Evaluator, settings: SearchSettings, search_id: str,
                  initial_distribution: Distribution | None = None,
                  predictor: Callable[[list[Config]], pd.DataFrame] | None = None,
                  journal: Iterable[Outcome] = (), used_before_s: float = 0.0, used_before_kwh: float = 0.0,
                  on_event: Callable[[str, dict[str, Any]], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic, started_at: float | None = None):
+                 clock: Callable[[], float] = time.monotonic, started_at: float | None = None,
+                 candidates: Iterable[Config] | None = None):
         self.space, self.evaluator, self.settings, self.search_id = space, evaluator, settings, search_id
+        # A finite list to search among (a shortlist, or what a replay can answer); None: the whole space.
+        self.candidates = [dict(c) for c in candidates] if candidates is not None else None
         self.initial = space.normalise(initial_distribution or space.uniform(), floor=settings.exploration)
         self.dist = {k: dict(v) for k, v in self.initial.items()}
         self.predictor = predictor
@@ -293,12 +319,40 @@ class EvolutionarySearch:
             except Exception as exc:  # a broken estimator must not stop the search
                 log.warning("estimators failed to predict (%s: %s); going on without them", type(exc).__name__, exc)
                 self.predictor = None
-        online = self.cost.wall_s(cfg)
+        online = self.cost.wall_s(cfg, any_model=False)
         if online is not None:
-            pred["wall_s"] = online  # this machine, this task: better than any transfer
+            pred["wall_s"] = online  # this machine, this task, this model: better than any transfer
         elif "runtime_s" in pred:
-            pred["wall_s"] = pred["runtime_s"] + self.cost.overhead_s
+            # Transferred runtimes are relative; this search's own runs calibrate them to this machine.
+            pred["wall_s"] = pred["runtime_s"] * self._runtime_ratio() + self.cost.overhead_s
+        else:
+            fallback = self.cost.wall_s(cfg)
+            if fallback is not None:
+                pred["wall_s"] = fallback
         return pred
+
+    def _runtime_ratio(self) -> float:
+        """Median of observed / predicted runtime over this search's completed candidates (1 if none)."""
+        ratios = [float(ev.outcome.runtime_s) / ev.predicted["runtime_s"] for ev in self.evaluations
+                  if ev.outcome.status == "completed" and ev.outcome.runtime_s
+                  and ev.predicted.get("runtime_s", 0.0) > 0]
+        return _median(ratios) if ratios else 1.0
+
+    def gain_per_s(self, preds: list[Mapping[str, float]]) -> list[float]:
+        """Expected improvement over the incumbent (over the worst predicted candidate before there
+        is one), times the predicted chance of not failing, per predicted wall second when every
+        candidate has a cost prediction."""
+        sd = max(self.settings.quality_sd, 1e-6)
+        inc = best_of(self.results.values())
+        ref = float(inc.quality) if inc is not None else min(p["quality"] for p in preds) - sd  # type: ignore[arg-type]
+        per_s = all(p.get("wall_s", 0.0) > 0 for p in preds)
+        out = []
+        for p in preds:
+            z = (p["quality"] - ref) / sd
+            ei = (p["quality"] - ref) * _norm_cdf(z) + sd * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+            ei *= 1.0 - min(max(p.get("p_fail", 0.0), 0.0), 1.0)
+            out.append(ei / p["wall_s"] if per_s else ei)
+        return out
 
     def skip_reason(self, cfg: Config, pred: Mapping[str, float]) -> str | None:
         s = self.settings
@@ -345,14 +399,25 @@ class EvolutionarySearch:
         return ev
 
     def _fill_slot(self) -> Outcome | None:
-        """Draw until a candidate is evaluated (or answered from earlier), skipping predicted losers."""
+        """Draw until a candidate is evaluated (or answered from earlier), skipping predicted losers.
+        With quality predictions, up to ``choose_from`` admissible candidates are drawn and the one
+        with the highest expected gain per second runs; without, the first admissible one."""
+        admissible: list[tuple[Config, dict[str, float]]] = []
+        tried: set[str] = set()  # drawn in this slot: with a candidate list, draw others
         for _ in range(self.settings.max_draws):
             if self._stop_reason():
                 return None
-            cfg = self.space.sample(self.dist, self.rng)
+            if self.candidates is not None:
+                cfg = self.space.sample(self.dist, self.rng, among=self.candidates,
+                                        exclude=_Union(self.results, tried))
+            else:
+                cfg = self.space.sample(self.dist, self.rng)
             key = config_key(cfg)
-            if key in self.results:
+            if key in self.results or key in tried:
+                if self.candidates is not None:
+                    break  # a repeat from the list means every listed candidate was drawn
                 continue  # already evaluated in this search: draw another one
+            tried.add(key)
             if self.journal.get(key):
                 ev = self._evaluate(cfg, {})
                 return ev.outcome if ev else None
@@ -364,6 +429,17 @@ class EvolutionarySearch:
                     self.skipped[reason] += 1
                 self.on_event("skipped", {"config": cfg, "reason": reason, "predicted": pred})
                 continue
+            if "quality" not in pred:
+                ev = self._evaluate(cfg, pred)
+                if ev is not None:
+                    return ev.outcome
+                continue
+            admissible.append((cfg, pred))
+            if len(admissible) >= self.settings.choose_from:
+                break
+        while admissible:
+            scores = self.gain_per_s([p for _, p in admissible])
+            cfg, pred = admissible.pop(max(range(len(admissible)), key=scores.__getitem__))
             ev = self._evaluate(cfg, pred)
             if ev is not None:
                 return ev.outcome

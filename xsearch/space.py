@@ -27,7 +27,7 @@ import random
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Container, Iterable, Mapping
 
 import yaml
 
@@ -256,20 +256,38 @@ class SearchSpace:
             out[p.name] = {v: (1 - floor) * probs[v] / total + floor / n for v in p.values}
         return out
 
-    def sample(self, dist: Mapping[str, Mapping[Any, float]], rng: random.Random) -> Config:
-        """Draw one config; inactive conditional decisions are None."""
+    def sample(self, dist: Mapping[str, Mapping[Any, float]], rng: random.Random,
+               among: Iterable[Config] | None = None, exclude: Container[str] = ()) -> Config:
+        """Draw one config; inactive conditional decisions are None.
+
+        ``among``: draw only from these configs (e.g. a user's shortlist, or the logged runs a
+        replay can answer), decision by decision in the space's order, each decision from ``dist``
+        renormalised over the values some remaining config still has. Keys in ``exclude`` (see
+        ``config_key``) are not drawn while others remain; once all are excluded, any of ``among``
+        may come back (the caller sees a repeat). Drawing from the full space and redrawing until a
+        listed config comes up would instead favour decisions with few sub-decisions.
+        """
+        if among is not None:
+            return self._sample_among(dist, rng, among, exclude)
         cfg: Config = {}
         for p in self.parameters:
             if not p.active(cfg):
                 cfg[p.name] = None
                 continue
-            probs = dist.get(p.name) or {v: 1.0 for v in p.values}
-            values = list(p.values)
-            weights = [max(float(probs.get(v, 0.0)), 0.0) for v in values]
-            if sum(weights) <= 0:
-                weights = [1.0] * len(values)
-            cfg[p.name] = rng.choices(values, weights=weights, k=1)[0]
+            cfg[p.name] = _draw(list(p.values), dist.get(p.name), rng)
         return cfg
+
+    def _sample_among(self, dist: Mapping[str, Mapping[Any, float]], rng: random.Random,
+                      among: Iterable[Config], exclude: Container[str]) -> Config:
+        pool = [dict(c) for c in among]
+        if not pool:
+            raise ValueError("sample(among=...): no configs to draw from")
+        cands = [c for c in pool if config_key(c) not in exclude] or pool
+        for p in self.parameters:
+            values = list(dict.fromkeys(c.get(p.name) for c in cands))  # first-seen order: deterministic
+            chosen = values[0] if len(values) == 1 else _draw(values, dist.get(p.name), rng)
+            cands = [c for c in cands if c.get(p.name) == chosen]
+        return dict(cands[0])
 
     def validate_config(self, cfg: Mapping[str, Any]) -> list[str]:
         """Problems of a config against this space (empty when it is a point of the space)."""
@@ -326,3 +344,13 @@ def config_key(cfg: Mapping[str, Any]) -> str:
 
 def default_space() -> SearchSpace:
     return SearchSpace.load(None)
+
+
+def _draw(values: list[Any], probs: Mapping[Any, float] | None, rng: random.Random) -> Any:
+    """One of ``values`` with the given probabilities (uniform when none is positive; None, the
+    value of an inactive decision, never has weight unless it is all there is)."""
+    probs = probs or {}
+    weights = [max(float(probs.get(v, 0.0)), 0.0) if v is not None else 0.0 for v in values]
+    if sum(weights) <= 0:
+        weights = [1.0] * len(values)
+    return rng.choices(values, weights=weights, k=1)[0]

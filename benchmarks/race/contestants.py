@@ -27,7 +27,7 @@ import pandas as pd
 from xsearch.search import EvolutionarySearch, SearchSettings
 from xsearch.space import Config, SearchSpace, config_key
 
-from .pool import MIN_CANDIDATE_S, HeldOut, PoolSpace, Step, TaskPool, Trace
+from .pool import MIN_CANDIDATE_S, HeldOut, Step, TaskPool, Trace
 
 K_SIMILAR = 5  # the xsearch default (run_search's k_similar)
 TPE_FAILURE_VALUE = 0.0  # failed runs are told to TPE as the worst F1 so that it learns to avoid them
@@ -206,13 +206,12 @@ class Evolutionary:
         return lambda cfgs: table.loc[[config_key(c) for c in cfgs]].reset_index(drop=True)
 
     def run(self, pool: TaskPool, budget_s: float, seed: int) -> Trace:
-        space = PoolSpace(pool.space, pool.configs)
         settings = SearchSettings(budget_s=budget_s, population=self.population, seed=seed_for(pool.task, seed),
                                   reserve_s=0.0, min_candidate_s=MIN_CANDIDATE_S, max_candidate_s=None)
         # A frozen clock: the budget is simulated seconds, only the replayed runtimes count.
-        search = EvolutionarySearch(space, pool.evaluator, settings, f"race-{self.name}", self.initial,
-                                    self._predictor(), clock=lambda: 0.0, started_at=0.0)
-        space.exclude = search.results  # draw only configs this search has not evaluated yet
+        search = EvolutionarySearch(pool.space, pool.evaluator, settings, f"race-{self.name}", self.initial,
+                                    self._predictor(), clock=lambda: 0.0, started_at=0.0,
+                                    candidates=pool.configs)  # only what the replay can answer
         logging.getLogger("xsearch.search").setLevel(logging.ERROR)
         result = search.run()
         trace = Trace(self.name, pool.task, seed, budget_s, skipped=dict(result.skipped),

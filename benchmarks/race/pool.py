@@ -161,41 +161,6 @@ class TaskPool:
         return Step(entry.key, entry.status, entry.quality if entry.ok else None, charged_s, entry.energy_kwh, t_end)
 
 
-class PoolSpace(SearchSpace):
-    """The search space restricted to the held-out task's pool.
-
-    ``sample`` draws decision by decision, in the space's order, from the search's distribution
-    renormalised over the values that some not-yet-evaluated pool config (``exclude`` holds the
-    evaluated keys) still has given the decisions drawn so far. Each decision keeps the
-    probabilities the search gave it; only values with no logged run behind them are removed.
-    (Drawing from the full space and redrawing until a logged config comes up would instead
-    favour decisions with few sub-decisions: a LoRA config needs r, alpha and dropout to match.)
-    """
-
-    def __init__(self, space: SearchSpace, pool: Iterable[Config]):
-        super().__init__(list(space.parameters), dict(space.models), dict(space.methods), space.name,
-                         space.task_type, dict(space.fixed))
-        self.pool = [dict(c) for c in pool]
-        self.pool_keys = [config_key(c) for c in self.pool]
-        self.exclude: Container[str] = ()
-
-    def sample(self, dist: Mapping[str, Mapping[Any, float]], rng: random.Random) -> Config:
-        fresh = [c for c, k in zip(self.pool, self.pool_keys) if k not in self.exclude]
-        cands = fresh or self.pool  # all evaluated: the search sees a repeat and stops drawing
-        for p in self.parameters:
-            values = list(dict.fromkeys(c.get(p.name) for c in cands))  # in first-seen order: deterministic
-            if len(values) > 1:
-                probs = dist.get(p.name) or {}
-                weights = [max(float(probs.get(v, 0.0)), 0.0) if v is not None else 0.0 for v in values]
-                if sum(weights) <= 0:
-                    weights = [1.0] * len(values)
-                chosen = rng.choices(values, weights=weights, k=1)[0]
-            else:
-                chosen = values[0]
-            cands = [c for c in cands if c.get(p.name) == chosen]
-        return dict(cands[0])
-
-
 @dataclass
 class HeldOut:
     """What a contestant may know when the race holds out ``task``: the task's meta-features
