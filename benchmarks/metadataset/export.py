@@ -34,7 +34,16 @@ def harness_records(home: Path) -> list[dict[str, Any]]:
     recs = [r for r in LocalStore(home).records()
             if str(r.get("search_id") or "").startswith(VERSION + ":") and r.get("status") != "interrupted"]
     recs.sort(key=lambda r: (str(r.get("created_at")), r["record_id"]))
-    return recs
+    # One run per (task, configuration): a pair run twice (a harness restarted while its store
+    # could not be read) keeps its first run, so that no configuration counts double.
+    seen: set[tuple[Any, Any]] = set()
+    first = []
+    for r in recs:
+        pair = (r.get("task_name"), r.get("search_id"))
+        if pair not in seen:
+            seen.add(pair)
+            first.append(r)
+    return first
 
 
 def export(home: Path, out: Path, cache: Path = DEFAULT_CACHE) -> Path:
