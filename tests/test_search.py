@@ -156,7 +156,8 @@ def test_pareto_front():
 
 def test_resume_after_killing_the_search_reruns_nothing_finished(tmp_path):
     home, out = tmp_path / "home", tmp_path / "out"
-    env = dict(os.environ, XLOG_HOME=str(home), PYTHONPATH=str(REPO))
+    env = dict(os.environ, XLOG_HOME=str(home),
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
     cmd = [sys.executable, "-m", "xsearch.cli", "run", "--data", str(SMS), "--space", str(TINY), "--budget", "120s",
            "--out", str(out), "--no-energy", "--max-train", "150", "--plain", "--seed", "3",
            "--max-candidate-time", "20s"]
