@@ -98,6 +98,23 @@ def test_candidate_killed_before_recording_gets_a_stand_in_record(ev):
     assert rec["task_n_train"] == 150 and rec["task_name"] == "sms_spam_600"
 
 
+def test_task_and_search_per_call(ev, tmp_path):
+    """One fork server, another task: the call's task, search and stand-in defaults win."""
+    other = load_task(SMS, max_train=60, max_eval=40)
+    other.save(tmp_path / "other")
+    kw = dict(task_dir=tmp_path / "other", task_name="other_task", search_id="other-search",
+              record_defaults={"task_type": "text-classification", "task_n_train": 60})
+    out = ev.evaluate(cfg(), timeout_s=120, **kw)
+    rec = find_record(ev.store, out.record_id)
+    assert out.status == "completed" and rec["task_name"] == "other_task" and rec["search_id"] == "other-search"
+    assert rec["task_n_train"] == 60  # measured on the other task's data by the callback
+    killed = ev.evaluate(cfg(ft_method="partial", ft_trainable_layers=1), timeout_s=0.05, **kw)
+    rec = find_record(ev.store, killed.record_id)
+    assert rec["source"] == "xsearch" and rec["task_name"] == "other_task" and rec["task_n_train"] == 60
+    assert rec["search_id"] == "other-search"
+    assert ev.task_name == "sms_spam_600" and ev.search_id == "test-search"  # the evaluator's own are kept
+
+
 def test_relative_output_and_store_paths(tmp_path, monkeypatch):
     """Relative --out and --home work although the fork server runs in another directory."""
     from click.testing import CliRunner

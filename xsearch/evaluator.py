@@ -209,14 +209,22 @@ class SubprocessEvaluator:
             if match(line):
                 return line
 
-    def evaluate(self, config: dict[str, Any], timeout_s: float) -> Outcome:
+    def evaluate(self, config: dict[str, Any], timeout_s: float, *, task_dir: Path | None = None,
+                 task_name: str | None = None, search_id: str | None = None,
+                 record_defaults: Mapping[str, Any] | None = None) -> Outcome:
+        """Run one candidate. The keyword arguments replace the evaluator's task and search for this
+        call only: one fork server can serve many tasks (the meta-dataset harness does)."""
+        task_dir = Path(task_dir).resolve() if task_dir is not None else self.task_dir
+        task_name = task_name if task_name is not None else self.task_name
+        search_id = search_id if search_id is not None else self.search_id
+        defaults = dict(record_defaults) if record_defaults is not None else self.record_defaults
         self._n += 1
         cand_dir = self.work_dir / f"candidate-{self._n:04d}"
         cand_dir.mkdir(parents=True, exist_ok=True)
         record_id = S.new_record_id()
         method = str(config.get("ft_method"))
-        job = {"config": config, "data_dir": str(self.task_dir), "store": str(self.store.root),
-               "search_id": self.search_id, "task_name": self.task_name, "record_id": record_id,
+        job = {"config": config, "data_dir": str(task_dir), "store": str(self.store.root),
+               "search_id": search_id, "task_name": task_name, "record_id": record_id,
                "model_spec": self.space.model_spec(config["model_name"]),
                "method_spec": self.space.methods.get(method, {}), "seed": self.seed,
                "output_dir": str(cand_dir / "trainer"), "result_path": str(cand_dir / "result.json"),
@@ -266,8 +274,8 @@ class SubprocessEvaluator:
                 status, etype = "failed", "ProcessDied"
                 last = [ln for ln in tail.strip().splitlines() if ln.strip()]
                 msg = f"process exited with code {code} before recording: {last[-1] if last else ''}"
-            rec = stand_in_record(record_id, config, status, etype, msg, started, wall, self.search_id,
-                                  {**self.record_defaults, "task_name": self.task_name})
+            rec = stand_in_record(record_id, config, status, etype, msg, started, wall, search_id,
+                                  {**defaults, "task_name": task_name})
             self.store.write(rec)
         out = Outcome.from_record(rec, config, wall_s=wall)
         return out

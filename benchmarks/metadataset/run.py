@@ -194,13 +194,10 @@ def main(argv: list[str] | None = None) -> int:
             task_dir = Path(manifest[task]["dir"])
             if task not in defaults_cache:
                 defaults_cache[task] = stand_in_defaults(task_dir)
-            # One fork server serves every task: the evaluator reads these per call.
-            evaluator.task_dir, evaluator.task_name = task_dir, task
-            evaluator.search_id = g["search_id"]
-            evaluator.record_defaults = defaults_cache[task]
             t0 = time.monotonic()
-            try:
-                out = evaluator.evaluate(dict(g["config"]), a.timeout_s)
+            try:  # one fork server serves every task: task and search are per call
+                out = evaluator.evaluate(dict(g["config"]), a.timeout_s, task_dir=task_dir, task_name=task,
+                                         search_id=g["search_id"], record_defaults=defaults_cache[task])
             except RuntimeError as exc:  # the fork server died: start a fresh one, the pair stays to do
                 n_broken += 1
                 log.warning("evaluator error on %s %s (%s); restarting the fork server", task, g["id"], exc)
