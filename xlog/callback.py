@@ -36,8 +36,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-
-
 def _peak_rss_gb() -> float | None:
     try:
         import resource

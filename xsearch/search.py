@@ -235,8 +235,6 @@ def _median(xs: list[float]) -> float:
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
-
-
 class EvolutionarySearch:
     """The loop. ``predictor(configs) -> DataFrame[quality, runtime_s, energy_kwh, p_fail]`` (NaN
     where unknown) comes from the estimators; ``journal`` holds finished outcomes of an earlier run

@@ -279,7 +279,7 @@ class SearchSpace:
 
     def _sample_among(self, dist: Mapping[str, Mapping[Any, float]], rng: random.Random,
                       among: Iterable[Config], exclude: Container[str]) -> Config:
-        pool = [dict(c) for c in among]
+        pool = list(among)  # only the drawn config is copied
         if not pool:
             raise ValueError("sample(among=...): no configs to draw from")
         cands = [c for c in pool if config_key(c) not in exclude] or pool
