@@ -109,7 +109,7 @@ Real fine-tuning runs, one experience record per run in the xlog record schema (
   first 8 layers (`@8L`). Methods: full fine-tuning, LoRA (query/value or q_proj/v_proj) and
   partial freezing (top N layers + head).
 - **Tasks**: stratified, seeded subsamples (256 train / 160 eval texts) of the shared datasets
-  (see `../shared/datasets/SOURCES.md` for provenance and licences). No text is in the records.
+  (provenance and licences: `benchmarks/metadataset/SOURCES.md`). No text is in the records.
   LIAR and AG News are research-only and MELD is GPL v3: the records hold only meta-features
   of those tasks; the texts are not redistributed here.
 - **Not exported**: `interrupted` runs (the harness was stopped mid-run; the pair is run again).
