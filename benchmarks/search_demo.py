@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--energy", action="store_true", help="meter energy (codecarbon start-up per candidate)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from xsearch.search import run_search
+    from xsearch.runner import run_search
 
     tasks = list(WARM_TASKS)
     if args.datasets:

@@ -16,8 +16,8 @@ import pytest
 
 from xlog.store import LocalStore
 from xsearch.replay import NotLogged, ReplayEvaluator
-from xsearch.search import (EvolutionarySearch, SearchSettings, manifest_path, own_records, pareto_front,
-                            run_search, update_distribution)
+from xsearch.runner import manifest_path, own_records, run_loop, run_search
+from xsearch.search import EvolutionarySearch, SearchSettings, pareto_front, update_distribution
 from xsearch.evaluator import Outcome
 from xsearch.space import SearchSpace, config_key
 
@@ -98,9 +98,8 @@ def test_replay_evaluator_answers_from_the_log(budget_search):
     with pytest.raises(NotLogged):
         rep.evaluate(unseen, timeout_s=1e9)
     # A whole search on the replayed log: budget charged as logged, evaluations only of logged configs.
-    res = EvolutionarySearch(space, rep, SearchSettings(budget_s=1e6, max_evals=len(rep), population=3, seed=1,
-                                                        max_idle_generations=50, max_draws=50),
-                             "replay").run()
+    res = run_loop(space, rep, SearchSettings(budget_s=1e6, max_evals=len(rep), population=3, seed=1,
+                                              max_idle_generations=50, max_draws=50), "replay")
     assert {e.outcome.key for e in res.evaluations} <= set(rep.index)
     assert res.skipped["not_logged"] > 0
     assert sum(e.charged_s for e in res.evaluations) == pytest.approx(sum(e.outcome.wall_s for e in res.evaluations), rel=0.01)
@@ -110,27 +109,128 @@ def test_search_among_candidates_evaluates_each_once(budget_search):
     root, result, paths, events, elapsed = budget_search
     space = SearchSpace.load(TINY)
     rep = ReplayEvaluator(own_records(LocalStore(root / "home"), result.search_id), space, task_name="sms_spam_600")
-    res = EvolutionarySearch(space, rep, SearchSettings(budget_s=1e6, population=2, seed=1), "among",
-                             candidates=rep.configs()).run()
+    res = run_loop(space, rep, SearchSettings(budget_s=1e6, population=2, seed=1), "among",
+                   candidates=rep.configs())
     assert sorted(e.outcome.key for e in res.evaluations) == sorted(rep.index)  # each listed config once
     assert res.skipped["not_logged"] == 0 and res.stop_reason == "no_candidate"
 
 
+def _predictor(table):
+    """A predictor from a dict config-key -> prediction columns."""
+    def predict(cfgs):
+        return pd.DataFrame([table.get(config_key(c), {}) for c in cfgs])
+    return predict
+
+
+def _configs(space, n):
+    return [c for _, c in zip(range(n), space.iter_configs())]
+
+
 def test_gain_per_second_ranks_cheap_good_runs_first_then_improvements():
     space = SearchSpace.load(TINY)
-    s = EvolutionarySearch(space, ReplayEvaluator([], space), SearchSettings(quality_sd=0.05), "rank")
+    s = EvolutionarySearch(space, SearchSettings(quality_sd=0.05))
     cheap, slow = {"quality": 0.80, "wall_s": 10.0}, {"quality": 0.85, "wall_s": 100.0}
     g = s.gain_per_s([cheap, slow])
     assert g[0] > g[1]  # nothing run yet: a slightly worse run 10x cheaper comes first
-    s.results["inc"] = Outcome({"k": 1}, "completed", 0.80, {}, 10.0, 10.0)
-    same, better = {"quality": 0.78, "wall_s": 10.0}, {"quality": 0.95, "wall_s": 100.0}
-    g = s.gain_per_s([same, better])
-    assert g[1] > g[0]  # once 0.80 is reached, only a real improvement is worth its time
     risky, safe = {"quality": 0.9, "wall_s": 10.0, "p_fail": 0.9}, {"quality": 0.9, "wall_s": 10.0}
     g = s.gain_per_s([risky, safe])
     assert g[0] < g[1]
+    # A failure costs its time to fail: a risky run that fails fast beats one that fails late.
+    fast, late = dict(risky, fail_wall_s=1.0), dict(risky, fail_wall_s=10.0)
+    g = s.gain_per_s([fast, late])
+    assert g[0] > g[1]
     no_cost = s.gain_per_s([{"quality": 0.9}, {"quality": 0.85, "wall_s": 1.0}])
     assert no_cost[0] > no_cost[1]  # without a cost for every candidate, quality alone decides
+
+
+def test_estimators_order_candidates_instead_of_discarding_them():
+    """A 70% failure base rate: likely failures are run later, not skipped; only a near-certain
+    failure backed by enough records of its model is skipped, with its reason logged."""
+    space = SearchSpace.load(TINY)
+    cfgs = _configs(space, 6)
+    keys = [config_key(c) for c in cfgs]
+    table = {keys[0]: {"quality": 0.9, "p_fail": 0.8, "runtime_s": 10.0, "fail_support": 50},
+             keys[1]: {"quality": 0.5, "p_fail": 0.2, "runtime_s": 10.0, "fail_support": 50},
+             keys[2]: {"quality": 0.7, "p_fail": 0.97, "runtime_s": 10.0, "fail_support": 50},
+             keys[3]: {"quality": 0.7, "p_fail": 0.97, "runtime_s": 10.0, "fail_support": 1},
+             keys[4]: {"quality": 0.6, "p_fail": 0.6, "runtime_s": 10.0, "fail_support": 50},
+             keys[5]: {"quality": 0.4, "p_fail": 0.7, "runtime_s": 500.0, "fail_support": 50}}
+    s = EvolutionarySearch(space, SearchSettings(choose_from=10, fail_prior_n=1e9), predictor=_predictor(table),
+                           candidates=cfgs)
+    asked = []
+    while (p := s.ask(remaining_s=100.0)) is not None:
+        asked.append(p.key)
+        s.tell(p.config, Outcome(p.config, "failed", None, {}, 5.0, 5.0))
+    assert set(asked) == {keys[0], keys[1], keys[3], keys[4]}  # p_fail 0.8 and 0.6 still run
+    assert {(sk.key, sk.reason) for sk in s.skip_log} == {(keys[2], "predicted_failure"),
+                                                          (keys[5], "predicted_overrun")}
+    assert s.skipped == {"predicted_failure": 1, "predicted_overrun": 1}
+
+
+def test_quality_is_recalibrated_online_against_the_tasks_own_results():
+    """Relative predictions map to this task's scale once three runs completed (F1 ten times
+    smaller than anything in the store), and predictions that rank the task backwards stop counting."""
+    space = SearchSpace.load(TINY)
+    cfgs = _configs(space, 8)
+    rel = [0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.2, 0.4]
+    table = {config_key(c): {"quality": q, "quality_sd": 0.1} for c, q in zip(cfgs, rel)}
+    s = EvolutionarySearch(space, SearchSettings(), predictor=_predictor(table), candidates=cfgs)
+    assert s.calibration().mode == "relative"
+    for c, q in zip(cfgs[:4], rel[:4]):
+        s.tell(c, Outcome(c, "completed", 0.01 + 0.02 * q, {}, 1.0, 1.0))  # observed F1 0.012-0.024
+    cal = s.calibration()
+    assert cal.mode == "calibrated" and cal.slope == pytest.approx(0.02) and cal.intercept == pytest.approx(0.01)
+    g = s.gain_per_s([table[config_key(cfgs[5])], table[config_key(cfgs[6])]])
+    assert g[0] > g[1] > 0 or (g[0] > 0 and g[1] < g[0] * 1e-3)
+    s2 = EvolutionarySearch(space, SearchSettings(), predictor=_predictor(table), candidates=cfgs)
+    for c, q in zip(cfgs[:4], rel[:4]):
+        s2.tell(c, Outcome(c, "completed", 1.0 - q, {}, 1.0, 1.0))  # the task ranks runs the other way
+    assert s2.calibration().mode == "uninformative"
+
+
+def test_failure_probability_is_calibrated_by_the_tasks_failures():
+    space = SearchSpace.load(TINY)
+    cfgs = _configs(space, 12)
+    table = {config_key(c): {"quality": 0.5, "p_fail": 0.2} for c in cfgs}
+    s = EvolutionarySearch(space, SearchSettings(fail_prior_n=2.0), predictor=_predictor(table), candidates=cfgs)
+    before = s.predict(cfgs[-1])["p_fail"]
+    for c in cfgs[:8]:
+        s.tell(c, Outcome(c, "oom", None, {}, 1.0, 1.0))  # this machine fails far more often
+    assert s.predict(cfgs[-1])["p_fail"] > 0.7 > before
+
+
+def test_seeds_run_first_then_the_ranking():
+    space = SearchSpace.load(TINY)
+    cfgs = _configs(space, 6)
+    table = {config_key(c): {"quality": 0.1 * i} for i, c in enumerate(cfgs)}
+    s = EvolutionarySearch(space, SearchSettings(n_seeds=2, choose_from=10), predictor=_predictor(table),
+                           candidates=cfgs, seeds=[cfgs[1], cfgs[0], cfgs[2]])
+    order = []
+    while (p := s.ask()) is not None:
+        order.append((p.source, p.key))
+        s.tell(p.config, Outcome(p.config, "completed", 0.5, {}, 1.0, 1.0))
+    assert order[:2] == [("seed", config_key(cfgs[1])), ("seed", config_key(cfgs[0]))]
+    # Then the ranking: the best predicted per expected second (40-epoch configs cost 40x here).
+    assert order[2] == ("ranked", config_key(cfgs[3]))
+    assert len(order) == len(cfgs)  # never stops while admissible candidates remain
+
+
+def test_replay_charges_failures_their_logged_or_imputed_time():
+    space = SearchSpace.load(TINY)
+    cfgs = _configs(space, 4)
+    base = {"task_name": "t", "created_at": "2026-01-01"}
+    recs = [dict(base, status="completed", outcome_primary_value=0.5, outcome_total_runtime_s=100.0),
+            dict(base, status="completed", outcome_primary_value=0.6, outcome_total_runtime_s=60.0),
+            dict(base, status="timeout", outcome_total_runtime_s=400.0),
+            dict(base, status="oom")]
+    for r, c in zip(recs, cfgs):
+        r.update({k: v for k, v in c.items()})
+    rep = ReplayEvaluator(recs, space, task_name="t")
+    assert rep.evaluate(cfgs[2], 1e9).wall_s == 400.0  # a timeout costs its logged runtime
+    oom = rep.evaluate(cfgs[3], 1e9)
+    assert oom.status == "oom" and oom.wall_s == pytest.approx(0.5 * 80.0)  # half the median success
+    assert rep.imputed == {config_key(cfgs[3])}
+    assert ReplayEvaluator(recs, space, task_name="t", failure_cost_s=7.0).evaluate(cfgs[3], 1e9).wall_s == 7.0
 
 
 def test_distribution_moves_towards_the_elite():

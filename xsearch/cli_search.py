@@ -130,7 +130,7 @@ def register(main: click.Group) -> None:
         from .data import DataError
         from .evaluator import EvaluatorError
         from .space import SpaceError
-        from .search import run_search
+        from .runner import run_search
         budget_given = click.get_current_context().get_parameter_source("budget") != click.core.ParameterSource.DEFAULT
         budget_s = parse_duration(budget)
         cand_s = parse_duration(max_candidate_time) if max_candidate_time else (None if resume else budget_s / 2)

@@ -12,7 +12,7 @@ import pandas as pd
 from .space import SearchSpace
 
 if TYPE_CHECKING:
-    from .search import SearchResult
+    from .runner import SearchResult
 
 LEADERBOARD = "leaderboard.csv"
 PARETO_CSV = "pareto.csv"

