@@ -2,8 +2,12 @@
 
 Each logged run is mapped to the point of the search space it corresponds to
 (``SearchSpace.config_from_record``); asking for a config returns its logged outcome, and the time
-"spent" is the logged runtime (so a budget is consumed as the real run consumed it). Configs that
-were never logged raise ``NotLogged``. Used by benchmarks and tests to compare search strategies
+"spent" is the logged runtime (so a budget is consumed as the real run consumed it). A failed run
+costs its logged runtime too; one that logged none (many stores only time successful runs) costs
+an imputed time: the median logged runtime of the task's runs with the same status, else half the
+median runtime of its completed runs (a failure usually ends before a success would have;
+``failure_cost_s`` sets one figure instead; ``imputed`` lists the configs charged so). Configs
+that were never logged raise ``NotLogged``. Used by benchmarks and tests to compare search strategies
 on the same ground truth at no training cost.
 """
 from __future__ import annotations
@@ -33,7 +37,7 @@ class ReplayEvaluator:
     grace_s = 0.0
 
     def __init__(self, records: Iterable[Mapping[str, Any]] | pd.DataFrame, space: SearchSpace,
-                 task_name: str | None = None, overhead_s: float = 0.0):
+                 task_name: str | None = None, overhead_s: float = 0.0, failure_cost_s: float | None = None):
         if isinstance(records, pd.DataFrame):
             records = records.to_dict("records")
         self.space, self.overhead_s = space, overhead_s
@@ -48,7 +52,22 @@ class ReplayEvaluator:
                 self.index[config_key(cfg)].append(dict(rec))
         for runs in self.index.values():
             runs.sort(key=lambda r: str(r.get("created_at")))
+        self.failure_cost_s = failure_cost_s
+        self.imputed_cost_s = self._imputed_costs()
+        self.imputed: set[str] = set()
         self.calls = 0
+
+    def _imputed_costs(self) -> dict[str, float]:
+        """Imputed seconds per failure status (see the module docstring)."""
+        logged: dict[str, list[float]] = defaultdict(list)
+        for runs in self.index.values():
+            rt = _runtime(runs[0])
+            if rt is not None:
+                logged[str(runs[0].get("status"))].append(rt)
+        done = logged.get("completed")
+        fallback = 0.5 * float(pd.Series(done).median()) if done else 0.0
+        return {st: float(pd.Series(logged[st]).median()) if logged.get(st) else fallback
+                for st in FINISHED if st != "completed"}
 
     def __len__(self) -> int:
         return len(self.index)
@@ -69,7 +88,13 @@ class ReplayEvaluator:
         self.calls += 1
         rec = runs[0]
         out = Outcome.from_record(rec, config)
-        cost = (out.runtime_s or 0.0) + self.overhead_s
+        runtime = out.runtime_s
+        if runtime is None and out.status != "completed":
+            # A failure costs time even where the store did not log it.
+            runtime = self.failure_cost_s if self.failure_cost_s is not None \
+                else self.imputed_cost_s.get(out.status, 0.0)
+            self.imputed.add(config_key(config))
+        cost = (runtime or 0.0) + self.overhead_s
         if cost > timeout_s:
             # The logged run would not have finished in the time this candidate is given.
             return Outcome(dict(config), "timeout", None, {}, out.runtime_s, max(timeout_s, 0.0),
@@ -79,3 +104,12 @@ class ReplayEvaluator:
 
     def close(self) -> None:
         return None
+
+
+def _runtime(rec: Mapping[str, Any]) -> float | None:
+    v = rec.get("outcome_total_runtime_s") or rec.get("outcome_train_runtime_s")
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if v == v and v >= 0 else None

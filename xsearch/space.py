@@ -34,6 +34,12 @@ import yaml
 Config = dict[str, Any]
 Distribution = dict[str, dict[Any, float]]
 
+#: Record columns a space built from records (``SearchSpace.from_records``) may decide.
+RECORD_DECISIONS = ("model_name", "ft_method", "peft_lora_r", "peft_lora_alpha", "peft_lora_dropout",
+                    "ft_trainable_layers", "train_learning_rate", "train_epochs", "train_batch_size",
+                    "train_grad_accum_steps", "train_max_seq_length", "train_warmup_steps", "train_warmup_ratio",
+                    "train_weight_decay", "train_lr_scheduler", "train_optimizer")
+
 #: Built-in fine-tuning methods; any other value is looked up as a ``peft`` config type.
 BUILTIN_METHODS = ("full", "lora", "partial")
 
@@ -168,6 +174,41 @@ class SearchSpace:
         methods = {str(k): dict(v or {}) for k, v in (doc.get("methods") or {}).items()}
         return cls(params, models, methods, str(doc.get("name", "custom")),
                    str(doc.get("task_type", "text-classification")), dict(doc.get("fixed") or {}))
+
+    @classmethod
+    def from_records(cls, records: Iterable[Mapping[str, Any]], decisions: Iterable[str] = RECORD_DECISIONS,
+                     name: str = "from-records", task_type: str | None = None) -> "SearchSpace":
+        """The space of every value the records logged for ``decisions`` (in that order), e.g. to
+        replay a store another system wrote. LoRA decisions are active for ``ft_method`` lora,
+        ``ft_trainable_layers`` for partial. A decision is left out when some record where it is
+        active did not log it (the record could not be mapped), or when it never varies."""
+        recs = [r for r in records]
+        methods = {str(r.get("ft_method")) for r in recs if r.get("ft_method") is not None}
+        params: dict[str, Any] = {}
+        for d in decisions:
+            cond = "lora" if d.startswith("peft_lora_") else "partial" if d == "ft_trainable_layers" else None
+            if cond is not None and cond not in methods:
+                continue
+            active = [r for r in recs if cond is None or r.get("ft_method") == cond]
+            vals = [r.get(d) for r in active]
+            if not active or any(v is None or (isinstance(v, float) and math.isnan(v)) for v in vals):
+                if d in ("model_name", "ft_method"):
+                    raise SpaceError(f"every record must log {d} to build a space from records")
+                continue
+            distinct = sorted({_norm_value(v.item() if hasattr(v, "item") else v) for v in vals}, key=repr)
+            if all(_is_number(v) for v in distinct):
+                distinct = sorted(distinct)
+            if len(distinct) < 2 and d not in ("model_name", "ft_method"):
+                continue
+            spec: dict[str, Any] = {"values": distinct}
+            if cond is not None:
+                spec["when"] = {"ft_method": [cond]}
+            if d == "train_learning_rate":
+                spec["log"] = True
+            params[d] = spec
+        types = {r.get("task_type") for r in recs if r.get("task_type")}
+        return cls.from_dict({"name": name, "parameters": params,
+                              "task_type": task_type or (types.pop() if len(types) == 1 else "text-classification")})
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "SearchSpace":

@@ -207,3 +207,33 @@ def _with_floor(p: Mapping[Any, float], floor: float) -> dict[Any, float]:
     total = sum(p.values())
     base = {o: (v / total if total > 0 else 1.0 / n) for o, v in p.items()}
     return {o: floor + (1.0 - n * floor) * v for o, v in base.items()}
+
+
+def seed_configs(experiences: pd.DataFrame, space: Any, similar: list[tuple[str, float]], n: int = 2,
+                 among: list[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The best completed configuration of each similar task (most similar first), as points of
+    ``space`` (records that do not map to it are passed over), without repeats; at most ``n``.
+    ``among``: only configs of this list count (e.g. the candidates a search is restricted to)."""
+    from .space import config_key
+    allowed = {config_key(c) for c in among} if among is not None else None
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    if experiences is None or len(experiences) == 0 or n <= 0:
+        return out
+    for name, _ in similar:
+        g = experiences[(experiences["task_name"] == name) & (experiences["status"] == "completed")]
+        g = g[pd.to_numeric(g["outcome_primary_value"], errors="coerce").notna()]
+        if not len(g):
+            continue
+        order = _quality_rank(g).sort_values(ascending=False, kind="stable").index
+        for rec in g.loc[order].to_dict("records"):
+            cfg = space.config_from_record(rec)
+            key = config_key(cfg) if cfg is not None else None
+            if key is None or key in seen or (allowed is not None and key not in allowed):
+                continue
+            seen.add(key)
+            out.append(cfg)
+            break
+        if len(out) >= n:
+            break
+    return out
