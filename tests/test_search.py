@@ -145,9 +145,12 @@ def test_gain_per_second_ranks_cheap_good_runs_first_then_improvements():
 
 def test_estimators_order_candidates_instead_of_discarding_them():
     """A 70% failure base rate: likely failures are run later, not skipped; only a near-certain
-    failure backed by enough records of its model is skipped, with its reason logged."""
+    failure backed by enough records of its model is skipped, or a run that cannot fit the time
+    left once a run of this search calibrated the transferred runtimes, with its reason logged."""
     space = SearchSpace.load(TINY)
-    cfgs = _configs(space, 6)
+    one_epoch = [c for c in space.iter_configs() if c["train_epochs"] == 1]  # the same cost per run
+    other_model = next(c for c in one_epoch if c["model_name"] != one_epoch[0]["model_name"])
+    cfgs = one_epoch[:5] + [other_model]  # whose runtime only the estimators know
     keys = [config_key(c) for c in cfgs]
     table = {keys[0]: {"quality": 0.9, "p_fail": 0.8, "runtime_s": 10.0, "fail_support": 50},
              keys[1]: {"quality": 0.5, "p_fail": 0.2, "runtime_s": 10.0, "fail_support": 50},
@@ -160,7 +163,8 @@ def test_estimators_order_candidates_instead_of_discarding_them():
     asked = []
     while (p := s.ask(remaining_s=100.0)) is not None:
         asked.append(p.key)
-        s.tell(p.config, Outcome(p.config, "failed", None, {}, 5.0, 5.0))
+        ok = p.key == keys[1]  # its runtime calibrates the transferred ones (observed = predicted)
+        s.tell(p.config, Outcome(p.config, "completed" if ok else "failed", 0.5 if ok else None, {}, 10.0, 10.0))
     assert set(asked) == {keys[0], keys[1], keys[3], keys[4]}  # p_fail 0.8 and 0.6 still run
     assert {(sk.key, sk.reason) for sk in s.skip_log} == {(keys[2], "predicted_failure"),
                                                           (keys[5], "predicted_overrun")}

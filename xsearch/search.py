@@ -14,7 +14,8 @@ runs first, where a failure costs its expected time to fail. Quality predictions
 the task (comparable only within it); they are recalibrated online against this task's own
 results (a linear map from predicted to observed quality once three runs completed), and the
 failure probability is shifted by this task's observed failure rate. A hard skip is only for a
-candidate that cannot fit what is left of the budget, or whose calibrated failure probability is
+candidate that cannot fit what is left of the budget (by a runtime calibrated on this machine:
+transferred runtimes only order candidates until a run of this search calibrates them), or whose calibrated failure probability is
 near-certain (``p_fail_skip``) with enough records of its model behind it, or that is at least
 as memory-hungry as a run of this search that ran out of memory. Every skip is logged with its
 reason (``skip_log``).
@@ -317,30 +318,37 @@ class EvolutionarySearch:
         """The estimators' prediction, with wall seconds and failure calibrated to this search."""
         pred = dict(self._raw_prediction(cfg))
         online = self.cost.wall_s(cfg, any_model=False)
-        ratio = self._runtime_ratio()
+        ratio, n_ratio = self._runtime_ratio()
+        # ``wall_calibrated``: the wall time is known on this machine and task (this search's own
+        # runs). Only then can it rule a candidate out; a transferred runtime (other hardware,
+        # other data sizes) only orders candidates until a run calibrates it.
         if online is not None:
             pred["wall_s"] = online  # this machine, this task, this model: better than any transfer
+            pred["wall_calibrated"] = 1.0
         elif "runtime_s" in pred:
             # Transferred runtimes are relative; this search's own runs calibrate them to this machine.
             pred["wall_s"] = pred["runtime_s"] * ratio + self.cost.overhead_s
+            pred["wall_calibrated"] = float(n_ratio > 0)
         else:
             fallback = self.cost.wall_s(cfg)
             if fallback is not None:
                 pred["wall_s"] = fallback
+                pred["wall_calibrated"] = 1.0
         if "fail_runtime_s" in pred:
             pred["fail_wall_s"] = pred["fail_runtime_s"] * ratio + self.cost.overhead_s
         if "p_fail" in pred:
             pred["p_fail"] = _sigmoid(_logit(pred["p_fail"]) + self._fail_shift())
         return pred
 
-    def _runtime_ratio(self) -> float:
-        """Median of observed / predicted runtime over this search's completed candidates (1 if none)."""
+    def _runtime_ratio(self) -> tuple[float, int]:
+        """Median of observed / predicted runtime over this search's completed candidates (1 if
+        none), and how many runs it rests on."""
         ratios = []
         for key, o in self.results.items():
             p = self._raw.get(key, {}).get("runtime_s", 0.0)
             if o.status == "completed" and o.runtime_s and p > 0:
                 ratios.append(float(o.runtime_s) / p)
-        return _median(ratios) if ratios else 1.0
+        return (_median(ratios) if ratios else 1.0), len(ratios)
 
     def _fail_shift(self) -> float:
         """Logit shift that moves the predicted failure rate towards this task's observed one,
@@ -420,7 +428,7 @@ class EvolutionarySearch:
             return "predicted_failure"
         if pred.get("p_fail", 0.0) >= s.p_fail_skip and pred.get("fail_support", 0.0) >= s.min_fail_support:
             return "predicted_failure"
-        if "wall_s" in pred and pred["wall_s"] > remaining_s:
+        if "wall_s" in pred and pred["wall_s"] > remaining_s and pred.get("wall_calibrated", 1.0):
             return "predicted_overrun"
         if remaining_kwh is not None and "energy_kwh" in pred and pred["energy_kwh"] > remaining_kwh:
             return "predicted_energy_overrun"
