@@ -35,8 +35,8 @@ from race.pool import HeldOut, TaskPool, Trace, hold_out, load_records  # noqa: 
 
 DATA = REPO / "benchmarks" / "data" / "metadataset_v1.parquet"
 SPACE = REPO / "benchmarks" / "metadataset" / "space.yaml"
-RESULTS = REPO / "benchmarks" / "results" / "search_race.json"
-PLOT = REPO / "benchmarks" / "results" / "search_race_anytime.png"
+EXTERNAL = REPO / "benchmarks" / "data" / "xautolm_dev" / "experience_store"
+RESULTS_DIR = REPO / "benchmarks" / "results"
 
 
 class LeakError(AssertionError):
@@ -60,13 +60,17 @@ def check_no_leak(task: str, held: HeldOut, contestants: Iterable[Any]) -> dict[
 
 def run_race(records: list[Mapping[str, Any]], space: Any, seeds: int = 20, budget_fraction: float = 0.5,
              tasks: list[str] | None = None, min_pool: int = 3, contestants: list[Any] | None = None,
-             progress: bool = False) -> tuple[dict[str, Any], dict[str, dict[str, list[Trace]]]]:
-    """Run the race; returns (result document, traces per task and contestant)."""
+             progress: bool = False, extra_experience: list[Mapping[str, Any]] = ()
+             ) -> tuple[dict[str, Any], dict[str, dict[str, list[Trace]]]]:
+    """Run the race over the tasks of ``records``; returns (result document, traces per task and
+    contestant). ``extra_experience``: records of other data sets, which every held-out task may
+    learn from too (their tasks are never held out here)."""
     from xsearch.estimators import records_frame
-    exp = records_frame(records)
+    exp = records_frame(list(records) + list(extra_experience))
+    own_tasks = {str(r.get("task_name")) for r in records if r.get("task_name") is not None}
     contestants = contestants if contestants is not None else default_contestants()
     names = [c.name for c in contestants]
-    all_tasks = sorted(str(t) for t in exp["task_name"].dropna().unique())
+    all_tasks = sorted(own_tasks)
     tasks = all_tasks if tasks is None else tasks
     unknown = sorted(set(tasks) - set(all_tasks))
     if unknown:
@@ -80,7 +84,7 @@ def run_race(records: list[Mapping[str, Any]], space: Any, seeds: int = 20, budg
         if len(pool) < min_pool or pool.best_quality is None:
             excluded[task] = f"{len(pool)} logged configs ({sum(1 for e in pool.entries.values() if e.ok)} completed)"
             continue
-        if len(all_tasks) < 2:
+        if exp["task_name"].dropna().nunique() < 2:
             raise ValueError("leave-one-task-out needs at least 2 tasks")
         held = hold_out(exp, task)
         budget = budget_fraction * pool.grid_time_s
@@ -109,12 +113,12 @@ def run_race(records: list[Mapping[str, Any]], space: Any, seeds: int = 20, budg
     agg = aggregate({t: {n: v[n] for n in names} for t, v in per_task.items()}, names)
     pooled = {n: pooled_error_rate(tr for t in all_traces.values() for tr in t[n]) for n in names}
     result = {
-        "meta": {"n_records": len(records), "n_tasks": len(per_task), "tasks": sorted(per_task),
+        "meta": {"n_records": len(records), "n_extra_experience": len(extra_experience), "n_tasks": len(per_task), "tasks": sorted(per_task),
                  "excluded_tasks": excluded, "seeds": seeds, "budget_fraction": budget_fraction,
                  "min_pool": min_pool, "contestants": names, "report_fractions": list(REPORT_FRACTIONS),
                  "timing_s": {n: {k: round(v, 2) for k, v in d.items()} for n, d in timing.items()}},
         "aggregate": agg, "pooled_error_rate": pooled,
-        "targets": targets(agg, pooled) if {"xsearch", "zero-shot"} <= set(names) else {},
+        "targets": targets(agg, pooled, per_task) if {"xsearch", "zero-shot"} <= set(names) else {},
         "per_task": per_task,
     }
     return result, all_traces
@@ -131,14 +135,16 @@ def _f(v: Any, nd: int = 2) -> str:
 def format_tables(result: Mapping[str, Any]) -> str:
     agg, names = result["aggregate"], result["meta"]["contestants"]
     head = (f"{'contestant':<12} " + " ".join(f"{'R@' + str(int(f * 100)) + '%':>6}" for f in REPORT_FRACTIONS)
-            + f" {'err':>6} {'evals':>6} {'eval_s':>7} {'pareto':>6} {'kWh':>8} {'t->zs':>6}")
+            + f" {'err':>6} {'err25':>6} {'evals':>6} {'eval_s':>7} {'pareto':>6} {'kWh':>8} {'t->zs':>6}")
     lines = [f"Median over {result['meta']['n_tasks']} held-out tasks ({result['meta']['seeds']} seeds each; "
-             f"R = normalised regret, err = error rate, t->zs = budget fraction to reach zero-shot's final best)",
+             f"R = normalised regret, err = error rate, err25 = error rate in the first 25% of the budget, "
+             f"t->zs = budget fraction to reach zero-shot's final best)",
              head, "-" * len(head)]
     for n in names:
         a = agg[n]
         lines.append(f"{n:<12} " + " ".join(f"{_f(a['regret_at'][f'{f:.2f}']):>6}" for f in REPORT_FRACTIONS)
-                     + f" {_f(a['error_rate'], 3):>6} {_f(a['evaluations_per_seed'], 1):>6}"
+                     + f" {_f(a['error_rate'], 3):>6} {_f(a['error_rate_first_25pct'], 3):>6}"
+                     f" {_f(a['evaluations_per_seed'], 1):>6}"
                      f" {_f(a['mean_eval_s'], 1):>7} {_f(a['pareto_count'], 1):>6} {_f(a['energy_kwh'], 5):>8}"
                      f" {_f(a['time_to_zero_shot_best']):>6}")
     lines.append("pooled error rate (all tasks, all seeds): "
@@ -176,47 +182,117 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def load_dataset(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a data set: a record Parquet file, or a folder of AutoGOAL/XAutoLM JSON
+    experiences (imported with ``xlog import autogoal`` into a temporary store). Tasks whose
+    meta-features are identical (the same data searched twice) are merged under one name, so that
+    one can never be held out while the other teaches the contestants."""
+    if str(path) == "constructed":
+        from race.constructed import hard_records
+        return hard_records()
+    path = Path(path)
+    if path.is_dir():
+        import tempfile
+
+        from xlog.importers.autogoal import import_autogoal
+        from xlog.store import LocalStore
+        with tempfile.TemporaryDirectory(prefix="race-import-") as tmp:
+            store = LocalStore(tmp)
+            import_autogoal(path, store)
+            records = store.records()
+    else:
+        records = load_records(path)
+    return merge_same_tasks(records)
+
+
+SAME_TASK_FEATURES = ("task_type", "task_n_train", "task_n_classes", "task_class_entropy", "task_chars_mean")
+
+
+def merge_same_tasks(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records whose tasks have the same meta-features get the shortest of those task names."""
+    def sig(r: Mapping[str, Any]) -> tuple | None:
+        vals = tuple(round(float(v), 6) if isinstance(v, (int, float)) else v for v in (r.get(c) for c in SAME_TASK_FEATURES))
+        return None if any(v is None for v in vals[1:3]) else vals
+    names: dict[tuple, set[str]] = {}
+    for r in records:
+        if r.get("task_name") is not None and sig(r) is not None:
+            names.setdefault(sig(r), set()).add(str(r["task_name"]))
+    rename = {n: min(group, key=lambda x: (len(x), x)) for group in names.values() if len(group) > 1 for n in group}
+    for r in records:
+        if r.get("task_name") in rename:
+            r["task_name"] = rename[r["task_name"]]
+    return records
+
+
+DATASETS = [(DATA, str(SPACE)), (EXTERNAL, "auto")]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(DATA), help="meta-dataset Parquet file (records)")
-    ap.add_argument("--space", default=str(SPACE), help="search space that maps records to configs")
+    ap.add_argument("--data", action="append", default=None,
+                    help="a record Parquet file, a folder of AutoGOAL/XAutoLM JSON experiences, or 'constructed' "
+                         "(the hard constructed store settings are chosen on); repeat for several data sets "
+                         "(default: the meta-dataset and the shipped XAutoLM AG News store)")
+    ap.add_argument("--space", action="append", default=None,
+                    help="the space of each --data, in order: a space file, or 'auto' for every logged value "
+                         "of the record decisions (default: the meta-dataset's space.yaml for it, else auto)")
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--budget-fraction", type=float, default=0.5,
                     help="budget = this x the logged time of the task's whole grid")
     ap.add_argument("--tasks", default=None, help="comma-separated held-out tasks (default: all)")
     ap.add_argument("--min-pool", type=int, default=3, help="tasks with fewer logged configs are left out")
+    ap.add_argument("--no-cross-experience", action="store_true",
+                    help="learn only from the held-out task's own data set (default: from every data set given)")
     ap.add_argument("--ablations", action="store_true",
                     help="also run xsearch with only its warm start and with only its estimators")
-    ap.add_argument("--out", default=str(RESULTS))
-    ap.add_argument("--plot", default=str(PLOT))
+    ap.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = ap.parse_args(argv)
 
     from xsearch.space import SearchSpace
     t0 = time.perf_counter()
-    records = load_records(args.data)
-    space = SearchSpace.load(args.space)
+    datas = args.data or [str(d) for d, _ in DATASETS]
+    spaces = args.space or [next((s for d, s in DATASETS if str(d) == x), "auto") for x in datas]
+    if len(spaces) != len(datas):
+        ap.error(f"give one --space per --data ({len(datas)} data sets, {len(spaces)} spaces)")
+    loaded = []
+    for d, sp in zip(datas, spaces):
+        recs = load_dataset(d)
+        space = SearchSpace.from_records(recs, name="logged") if sp == "auto" else SearchSpace.load(sp)
+        p = Path(d)
+        label = p.parent.name if p.name == "experience_store" else p.stem if str(d) != "constructed" else "constructed"
+        loaded.append((label, d, recs, space, sp))
     tasks = args.tasks.split(",") if args.tasks else None
-    print(f"{len(records)} records from {args.data}; {args.seeds} seeds; budget = {args.budget_fraction:g} x grid time",
-          flush=True)
-    result, _ = run_race(records, space, seeds=args.seeds, budget_fraction=args.budget_fraction, tasks=tasks,
-                         min_pool=args.min_pool, contestants=default_contestants(args.ablations), progress=True)
-    elapsed = time.perf_counter() - t0
-    try:
-        data_name = str(Path(args.data).resolve().relative_to(REPO))
-    except ValueError:
-        data_name = Path(args.data).name
-    result["meta"].update(data=data_name, space=Path(args.space).name, elapsed_s=round(elapsed, 1))
-    import os
-    result["meta"]["cpu_cores"] = os.cpu_count()
-    print()
-    print(format_tables(result))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_jsonable(result), indent=1) + "\n", encoding="utf-8")
-    from race.plot import plot_anytime
-    png = plot_anytime(result, Path(args.plot))
-    print(f"\nwrote {out} and {png} in {elapsed:.0f} s")
-    return result
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for label, d, recs, space, sp in loaded:
+        extra = [] if args.no_cross_experience else [r for lb, _, rs, _, _ in loaded if lb != label for r in rs]
+        mine = None if tasks is None else [t for t in tasks if any(r.get("task_name") == t for r in recs)]
+        if mine == []:
+            continue
+        print(f"\n== {label}: {len(recs)} records from {d} (+{len(extra)} of other data sets as experience); "
+              f"{args.seeds} seeds; budget = {args.budget_fraction:g} x grid time", flush=True)
+        t1 = time.perf_counter()
+        result, _ = run_race(recs, space, seeds=args.seeds, budget_fraction=args.budget_fraction, tasks=mine,
+                             min_pool=args.min_pool, contestants=default_contestants(args.ablations), progress=True,
+                             extra_experience=extra)
+        try:
+            data_name = str(Path(d).resolve().relative_to(REPO))
+        except ValueError:
+            data_name = Path(d).name
+        import os
+        result["meta"].update(data=data_name, space=Path(sp).name if sp != "auto" else "auto: " + ", ".join(space.names),
+                              elapsed_s=round(time.perf_counter() - t1, 1), cpu_cores=os.cpu_count())
+        print()
+        print(format_tables(result))
+        out = out_dir / f"search_race_{label}.json"
+        out.write_text(json.dumps(_jsonable(result), indent=1) + "\n", encoding="utf-8")
+        from race.plot import plot_anytime
+        png = plot_anytime(result, out_dir / f"search_race_{label}_anytime.png")
+        print(f"\nwrote {out} and {png}")
+        results[label] = result
+    print(f"\nrace done in {time.perf_counter() - t0:.0f} s")
+    return results
 
 
 if __name__ == "__main__":

@@ -337,7 +337,14 @@ class EvolutionarySearch:
         if "fail_runtime_s" in pred:
             pred["fail_wall_s"] = pred["fail_runtime_s"] * ratio + self.cost.overhead_s
         if "p_fail" in pred:
-            pred["p_fail"] = _sigmoid(_logit(pred["p_fail"]) + self._fail_shift())
+            p = _sigmoid(_logit(pred["p_fail"]) + self._fail_shift())
+            pred["p_fail"], local = self._local_failure(cfg, p)
+            pred["fail_support"] = pred.get("fail_support", 0.0) + local
+        elif self.results:
+            # No estimator: this task's own outcomes of the same model still tell failure apart.
+            p, local = self._local_failure(cfg, self._base_rate())
+            if local:
+                pred["p_fail"] = p
         return pred
 
     def _runtime_ratio(self) -> tuple[float, int]:
@@ -366,6 +373,25 @@ class EvolutionarySearch:
         k = self.settings.fail_prior_n
         observed = (fails + k * mean_p) / (len(ps) + k)
         return _logit(observed) - _logit(mean_p)
+
+    def _base_rate(self) -> float:
+        fails = sum(o.status in FAILED for o in self.results.values())
+        return (fails + 0.5) / (len(self.results) + 1.0)
+
+    def _local_failure(self, cfg: Config, prior: float) -> tuple[float, float]:
+        """The failure probability updated by this task's outcomes of the same model (weight 1
+        for the same method, 0.5 for another), with ``fail_prior_n`` pseudo-observations at
+        ``prior``; and the weight of that local evidence. Failures cluster by model (weights that
+        do not load, memory, speed), so a model's own outcomes here say most about its next run."""
+        w_sum = w_fail = 0.0
+        for o in self.results.values():
+            if o.status not in ("completed", *FAILED) or o.config.get("model_name") != cfg.get("model_name"):
+                continue
+            w = 1.0 if o.config.get("ft_method") == cfg.get("ft_method") else 0.5
+            w_sum += w
+            w_fail += w * (o.status in FAILED)
+        k = self.settings.fail_prior_n
+        return (w_fail + k * prior) / (w_sum + k), w_sum
 
     def calibration(self) -> QualityCalibration:
         """The current map from predicted to observed quality on this task (least squares over

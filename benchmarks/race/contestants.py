@@ -24,7 +24,8 @@ from typing import Any, Callable, Protocol
 
 import pandas as pd
 
-from xsearch.search import EvolutionarySearch, SearchSettings
+from xsearch.runner import run_loop
+from xsearch.search import SearchSettings
 from xsearch.space import Config, SearchSpace, config_key
 
 from .pool import MIN_CANDIDATE_S, HeldOut, Step, TaskPool, Trace
@@ -171,31 +172,36 @@ class OptunaTPE:
 
 
 class Evolutionary:
-    """xsearch's ``EvolutionarySearch`` on the pool: zero-shot (uniform, no estimators) or in full
-    (warm start + estimator-guided skipping), with xsearch's default settings."""
+    """xsearch on the pool: zero-shot (uniform, no estimators) or in full (the best configs of the
+    most similar tasks first, a warm-started distribution, estimators that order candidates),
+    with xsearch's default settings (``settings`` overrides some, e.g. to choose them)."""
 
-    def __init__(self, name: str, warm: bool, estimators: bool, k: int = K_SIMILAR, population: int = 4):
+    def __init__(self, name: str, warm: bool, estimators: bool, k: int = K_SIMILAR, population: int = 4,
+                 settings: dict[str, Any] | None = None):
         self.name, self.warm, self.use_estimators, self.k, self.population = name, warm, estimators, k, population
+        self.overrides = dict(settings or {})
         self.initial: dict | None = None
+        self.seeds: list[Config] = []
         self.predictions: pd.DataFrame | None = None
         self.fitted_on: list[str] = []
         self.similar: list[tuple[str, float]] = []
 
     def prepare(self, held: HeldOut, pool: TaskPool) -> None:
-        self.initial, self.predictions, self.fitted_on, self.similar = None, None, [], []
+        self.initial, self.seeds, self.predictions, self.fitted_on, self.similar = None, [], None, [], []
         exp = held.experience
+        n_seeds = self.overrides.get("n_seeds", SearchSettings.n_seeds)
         if self.warm and len(exp):
-            from xsearch.warmstart import similar_tasks, warm_start
+            from xsearch.warmstart import seed_configs, similar_tasks, warm_start
             self.initial = pool.space.normalise(warm_start(pool.space.uniform(), exp, held.features, k=self.k))
             self.similar = similar_tasks(exp, held.features, k=self.k)
+            self.seeds = seed_configs(exp, pool.space, self.similar, n=n_seeds, among=pool.configs)
         if self.use_estimators and len(exp):
             from xsearch.estimators import Estimators
-            from xsearch.features import candidate_rows
+            from xsearch.runner import experience_predictor
             est = Estimators().fit(exp)  # once per held-out task, on the other tasks only
             if est.is_fitted:
                 self.fitted_on = est.training_groups.get("task_name", [])
-                rows = candidate_rows(pool.configs, held.features, held.hardware, experiences=exp)
-                pred = est.predict(rows)
+                pred = experience_predictor(est, exp, held.features, held.hardware)(pool.configs)
                 pred.index = pool.keys
                 self.predictions = pred
 
@@ -206,14 +212,15 @@ class Evolutionary:
         return lambda cfgs: table.loc[[config_key(c) for c in cfgs]].reset_index(drop=True)
 
     def run(self, pool: TaskPool, budget_s: float, seed: int) -> Trace:
-        settings = SearchSettings(budget_s=budget_s, population=self.population, seed=seed_for(pool.task, seed),
-                                  reserve_s=0.0, min_candidate_s=MIN_CANDIDATE_S, max_candidate_s=None)
-        # A frozen clock: the budget is simulated seconds, only the replayed runtimes count.
-        search = EvolutionarySearch(pool.space, pool.evaluator, settings, f"race-{self.name}", self.initial,
-                                    self._predictor(), clock=lambda: 0.0, started_at=0.0,
-                                    candidates=pool.configs)  # only what the replay can answer
+        settings = SearchSettings(**{**dict(budget_s=budget_s, population=self.population,
+                                            seed=seed_for(pool.task, seed), reserve_s=0.0,
+                                            min_candidate_s=MIN_CANDIDATE_S, max_candidate_s=None), **self.overrides})
         logging.getLogger("xsearch.search").setLevel(logging.ERROR)
-        result = search.run()
+        # A frozen clock: the budget is simulated seconds, only the replayed runtimes count.
+        result = run_loop(pool.space, pool.evaluator, settings, f"race-{self.name}",
+                          initial_distribution=self.initial, predictor=self._predictor(),
+                          candidates=pool.configs,  # only what the replay can answer
+                          seeds=self.seeds, clock=lambda: 0.0, started_at=0.0)
         trace = Trace(self.name, pool.task, seed, budget_s, skipped=dict(result.skipped),
                       stop_reason=result.stop_reason)
         t = 0.0
