@@ -1,4 +1,5 @@
-"""`xlog import autogoal` on the sample of the XAutoLM experience store (tests/fixtures/autogoal_store)."""
+"""`xlog import autogoal` on the sample of the XAutoLM experience store (tests/fixtures/autogoal_store:
+30 ag_news files, and 3 generative DROP files under drop/ that only the model-facts tests import)."""
 from __future__ import annotations
 
 import json
@@ -14,11 +15,15 @@ from click.testing import CliRunner
 from xlog import __version__
 from xlog import schema as S
 from xlog.cli import main as xlog_main
+from xlog.importers import modelfacts
 from xlog.importers.autogoal import GIB_TO_GB, MODEL_ALIASES, import_autogoal
+from xlog.importers.modelfacts import model_facts, model_row, model_table, resolve_model_id
 from xlog.privacy import find_leaks
 from xlog.store import LocalStore
 
 FIXTURE = Path(__file__).parent / "fixtures" / "autogoal_store"
+AG_NEWS = FIXTURE / "ag_news"   # the 30-file text-classification sample
+DROP = FIXTURE / "drop"         # 3 generative records
 N_FILES = 30
 
 
@@ -34,11 +39,15 @@ def _hp(src: dict) -> tuple[str, dict]:
     return cls, {k: v["value"] for k, v in params.items()}
 
 
+def _hub_id(alias: str) -> str:
+    return MODEL_ALIASES[alias][0] if alias in MODEL_ALIASES else resolve_model_id(alias)
+
+
 def _record_for(store: LocalStore, src: dict) -> dict:
     alias = next(iter(_hp(src)[1]["inner_model"]))
     matches = [r for r in store.records()
                if r["created_at"] == datetime.fromisoformat(src["timestamp"]).replace(tzinfo=timezone.utc)
-               and r["model_name"] == MODEL_ALIASES[alias][0]]
+               and r["model_name"] == _hub_id(alias)]
     assert len(matches) == 1, matches
     return matches[0]
 
@@ -46,7 +55,7 @@ def _record_for(store: LocalStore, src: dict) -> dict:
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory) -> tuple[LocalStore, object]:
     store = LocalStore(tmp_path_factory.mktemp("xlog_home"))
-    summary = import_autogoal(FIXTURE, store)
+    summary = import_autogoal(AG_NEWS, store)
     return store, summary
 
 
@@ -86,6 +95,12 @@ def test_successful_partial_record_field_by_field(imported):
     assert r["model_name"] == "google/electra-small-discriminator"
     assert r["model_type"] == "electra" and r["model_kind"] == "encoder"
     assert r["model_objective"] == "sequence-classification"
+    assert r["model_architecture"] == "ElectraForSequenceClassification"
+    # published facts of google/electra-small-discriminator (config.json), from the shipped table
+    assert (r["model_n_layers"], r["model_hidden_size"], r["model_n_heads"]) == (12, 256, 4)
+    assert (r["model_vocab_size"], r["model_max_positions"]) == (30522, 512)
+    assert r["model_n_params"] == model_table()["google/electra-small-discriminator"]["model_n_params"]
+    assert 13_000_000 < r["model_n_params"] < 14_000_000
     assert r["ft_method"] == "partial" and r["peft_type"] is None
     assert r["outcome_primary_metric"] == "f1" and r["outcome_greater_is_better"] is True
     assert r["outcome_primary_value"] == src["f1"]
@@ -131,8 +146,13 @@ def test_oom_record_field_by_field(imported):
     r = _record_for(store, src)
     assert r["status"] == "oom" and r["error_type"] == "OutOfMemoryError"
     assert r["error_message"].startswith("CUDA out of memory. Tried to allocate 160.00 MiB")
-    assert r["model_name"] == "microsoft/phi-2" and r["model_kind"] == "decoder"
-    assert r["model_objective"] is None   # how the generative classifier's head works is not recorded
+    assert r["model_name"] == "microsoft/phi-2" and r["model_kind"] == "decoder" and r["model_type"] == "phi"
+    # AutoGOAL-contrib's *GenLLMClassifier subclasses *LLMEmbeddingClassifier: a decoder with a
+    # sequence-classification head (AutoModelForSequenceClassification)
+    assert r["model_objective"] == "sequence-classification"
+    assert r["model_architecture"] == "PhiForSequenceClassification"
+    assert (r["model_n_params"], r["model_n_layers"], r["model_hidden_size"], r["model_n_heads"],
+            r["model_vocab_size"], r["model_max_positions"]) == (2_779_683_840, 32, 2560, 32, 51200, 2048)
     assert r["ft_method"] == "lora" and r["peft_type"] == "LORA"
     assert (r["peft_lora_r"], r["peft_lora_alpha"], r["peft_lora_dropout"]) == \
         (hp["lora_r"], hp["lora_alpha"], hp["lora_dropout"])
@@ -164,6 +184,14 @@ def test_timeout_and_scrubbed_error(imported):
     timeouts = [r for r in store.records() if r["status"] == "timeout"]
     assert len(timeouts) == 5
     assert all(r["error_message"].startswith("Exceeded allowed time") for r in timeouts)
+    # no finite evaluation_time in the source, but the message says how long the run lasted
+    srcs = [json.loads(p.read_text()) for p in AG_NEWS.rglob("*.json")]
+    timed_out = [s for s in srcs if (s["error"] or "").startswith("Exceeded allowed time")]
+    assert len(timed_out) == 5 and all(s["evaluation_time"] is None for s in timed_out)
+    assert all("terminated after 5400.0 seconds" in s["error"] for s in timed_out)
+    assert [r["outcome_total_runtime_s"] for r in timeouts] == [5400.0] * 5
+    # other failures state no runtime: none is made up
+    assert all(r["outcome_total_runtime_s"] is None for r in store.records() if r["status"] in ("oom", "failed"))
     _, src = _source("01_56_34")
     assert "/home/" in src["error"]
     r = _record_for(store, src)
@@ -174,26 +202,26 @@ def test_timeout_and_scrubbed_error(imported):
 def test_reimport_adds_nothing(imported):
     store, first = imported
     before = sorted(p.name for p in store.files())
-    again = import_autogoal(FIXTURE, store)
+    again = import_autogoal(AG_NEWS, store)
     assert again.imported == 0 and again.already_present == first.imported
     # the ids depend on the store layout below the alias, not on the folder the import points at
-    sub = import_autogoal(FIXTURE / "ag_news" / "2024-10-30", store)
+    sub = import_autogoal(AG_NEWS / "2024-10-30", store)
     assert sub.imported == 0 and sub.already_present > 0
     assert sorted(p.name for p in store.files()) == before
 
 
 def test_keep_twins_and_dry_run(tmp_path):
     store = LocalStore(tmp_path / "home")
-    dry = import_autogoal(FIXTURE, store, dry_run=True, keep_twins=True)
+    dry = import_autogoal(AG_NEWS, store, dry_run=True, keep_twins=True)
     assert dry.imported == N_FILES and store.files() == []
-    summary = import_autogoal(FIXTURE, store, keep_twins=True)
+    summary = import_autogoal(AG_NEWS, store, keep_twins=True)
     assert summary.imported == N_FILES and summary.merged == 0
     assert Counter(r["error_type"] for r in store.records())["NoScore"] == 14
 
 
 def test_malformed_and_unknown_files_are_reported_and_skipped(tmp_path):
     src = tmp_path / "store"
-    shutil.copytree(FIXTURE, src)
+    shutil.copytree(AG_NEWS, src / "ag_news")
     day = src / "ag_news" / "2024-10-31"
     day.mkdir()
     (day / "00_00_01-broken.json").write_text('{"algorithms": [', encoding="utf-8")
@@ -285,7 +313,7 @@ def test_generative_extractor_and_older_system_layout(tmp_path):
 def test_timezone_option(tmp_path):
     store = LocalStore(tmp_path / "home")
     _, src = _source("00_37_53")
-    import_autogoal(FIXTURE / "ag_news" / "2024-10-30", store, timezone_name="Europe/Madrid")
+    import_autogoal(AG_NEWS / "2024-10-30", store, timezone_name="Europe/Madrid")
     (r,) = [x for x in store.records() if x["model_name"] == "google/electra-small-discriminator"]
     # 00:37:53 in Madrid (CET, UTC+1 after 27 October 2024) is 23:37:53 UTC the day before
     assert r["created_at"] == datetime(2024, 10, 29, 23, 37, 53, tzinfo=timezone.utc)
@@ -294,7 +322,7 @@ def test_timezone_option(tmp_path):
 def _expected_rates_from_source() -> dict[str, tuple[int, int]]:
     """Per model alias: (evaluations, CUDA OOMs), read straight from the JSON files. An evaluation
     AutoGOAL logged twice (error, then a no-score twin of the same pipeline) counts once."""
-    srcs = [json.loads(p.read_text()) for p in sorted(FIXTURE.rglob("*.json"))]
+    srcs = [json.loads(p.read_text()) for p in sorted(AG_NEWS.rglob("*.json"))]
     errors = [s for s in srcs if s["error"]]
     out: dict[str, list[int]] = {}
     for s in srcs:
@@ -304,7 +332,7 @@ def _expected_rates_from_source() -> dict[str, tuple[int, int]]:
             for e in errors)
         if twin:
             continue
-        hub_id = MODEL_ALIASES[next(iter(_hp(s)[1]["inner_model"]))][0]
+        hub_id = _hub_id(next(iter(_hp(s)[1]["inner_model"])))
         n = out.setdefault(hub_id, [0, 0])
         n[0] += 1
         n[1] += bool(s["error"] and "CUDA out of memory" in s["error"])
@@ -374,7 +402,213 @@ def test_imported_records_round_trip_through_push_and_pull(imported, tmp_path, h
 
 def test_unknown_timezone_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus'"):
-        import_autogoal(FIXTURE, LocalStore(tmp_path / "home"), timezone_name="Mars/Olympus")
-    res = CliRunner().invoke(xlog_main, ["--home", str(tmp_path / "h"), "import", "autogoal", str(FIXTURE),
+        import_autogoal(AG_NEWS, LocalStore(tmp_path / "home"), timezone_name="Mars/Olympus")
+    res = CliRunner().invoke(xlog_main, ["--home", str(tmp_path / "h"), "import", "autogoal", str(AG_NEWS),
                                          "--timezone", "Mars/Olympus"])
     assert res.exit_code == 1 and "unknown time zone" in res.output and "Traceback" not in res.output
+
+
+# ---- model facts --------------------------------------------------------------------------------
+
+# Every inner-model alias of the two XAutoLM stores in the workspace (../shared/fixtures/xautolm_dev,
+# 37 aliases, and xautolm_generative, 24) -> the Hub id the importer must give it.
+STORE_ALIASES = {
+    "TEXT_GEN_Facebook_Bart_Base": "facebook/bart-base", "TEXT_GEN_Facebook_Bart_Large": "facebook/bart-large",
+    "TEXT_GEN_Google_Flan_T5_Base": "google/flan-t5-base", "TEXT_GEN_Google_Flan_T5_Large": "google/flan-t5-large",
+    "TEXT_GEN_Google_Flan_T5_Xl": "google/flan-t5-xl", "TEXT_GEN_Google_Flan_T5_Xxl": "google/flan-t5-xxl",
+    "TEXT_GEN_Google_T5_T5_11B": "google-t5/t5-11b", "TEXT_GEN_Google_T5_T5_3B": "google-t5/t5-3b",
+    "TEXT_GEN_Google_T5_T5_Base": "google-t5/t5-base", "TEXT_GEN_Google_T5_T5_Large": "google-t5/t5-large",
+    "TEXT_GEN_Gpt2": "gpt2", "TEXT_GEN_Gpt2_Medium": "gpt2-medium", "TEXT_GEN_Gpt2_Xl": "gpt2-xl",
+    "TEXT_GEN_Microsoft_Phi_2": "microsoft/phi-2",
+    "TEXT_GEN_Microsoft_Phi_3_Medium_4K_Instruct": "microsoft/Phi-3-medium-4k-instruct",
+    "TEXT_GEN_Microsoft_Phi_3_Mini_4K_Instruct": "microsoft/Phi-3-mini-4k-instruct",
+    "TEXT_GEN_Microsoft_Phi_35_Mini_Instruct": "microsoft/Phi-3.5-mini-instruct",
+    "TEXT_GEN_Microsoft_Phi_4": "microsoft/phi-4",
+    "TEXT_GEN_Microsoft_Phi_4_Mini_Instruct": "microsoft/Phi-4-mini-instruct",
+    "TEXT_GEN_Mistralai_Mistral_7B_Instruct_V01": "mistralai/Mistral-7B-Instruct-v0.1",
+    "TEXT_GEN_Mistralai_Mistral_7B_Instruct_V02": "mistralai/Mistral-7B-Instruct-v0.2",
+    "TEXT_GEN_Mistralai_Mistral_7B_V01": "mistralai/Mistral-7B-v0.1",
+    "TEXT_GEN_Mistralai_Mistral_Nemo_Base_2407": "mistralai/Mistral-Nemo-Base-2407",
+    "TEXT_GEN_Mistralai_Mixtral_8X7B_Instruct_V01": "mistralai/Mixtral-8x7B-Instruct-v0.1",
+    "TEXT_GEN_Deepseek_Ai_Deepseek_R1_Distill_Llama_8B": "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
+    "TEXT_GEN_Deepseek_Ai_Deepseek_R1_Distill_Qwen_7B": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+    "TEXT_GEN_Deepseek_Ai_Deepseek_V2_Lite": "deepseek-ai/DeepSeek-V2-Lite",
+    "TEXT_GEN_Meta_Llama_Llama_31_8B_Instruct": "meta-llama/Llama-3.1-8B-Instruct",
+    "TEXT_GEN_Meta_Llama_Llama_32_1B": "meta-llama/Llama-3.2-1B",
+    "TEXT_GEN_Meta_Llama_Llama_32_1B_Instruct": "meta-llama/Llama-3.2-1B-Instruct",
+    "TEXT_GEN_Meta_Llama_Llama_32_3B": "meta-llama/Llama-3.2-3B",
+    "TEXT_GEN_Meta_Llama_Llama_32_3B_Instruct": "meta-llama/Llama-3.2-3B-Instruct",
+    "WORD_EMB_Albert_Base_V1": "albert-base-v1", "WORD_EMB_Albert_Xlarge_V1": "albert-xlarge-v1",
+    "WORD_EMB_Albert_Xxlarge_V1": "albert-xxlarge-v1", "WORD_EMB_Bert_Base_Cased": "bert-base-cased",
+    "WORD_EMB_Bert_Large_Cased": "bert-large-cased", "WORD_EMB_Bert_Large_Uncased": "bert-large-uncased",
+    "WORD_EMB_Distilbert_Base_Cased": "distilbert-base-cased",
+    "WORD_EMB_Distilbert_Base_Multilingual_Cased": "distilbert-base-multilingual-cased",
+    "WORD_EMB_Distilbert_Base_Uncased": "distilbert-base-uncased",
+    "WORD_EMB_Google_Electra_Base_Discriminator": "google/electra-base-discriminator",
+    "WORD_EMB_Google_Electra_Large_Discriminator": "google/electra-large-discriminator",
+    "WORD_EMB_Google_Electra_Small_Discriminator": "google/electra-small-discriminator",
+    "WORD_EMB_Microsoft_Deberta_Base": "microsoft/deberta-base",
+    "WORD_EMB_Microsoft_Deberta_V3_Base": "microsoft/deberta-v3-base",
+    "WORD_EMB_Microsoft_Mdeberta_V3_Base": "microsoft/mdeberta-v3-base",
+    "WORD_EMB_Plantl_Gob_Es_Roberta_Base_Bne": "PlanTL-GOB-ES/roberta-base-bne",
+    "WORD_EMB_Pysentimiento_Robertuito_Base_Uncased": "pysentimiento/robertuito-base-uncased",
+    "WORD_EMB_Roberta_Base": "roberta-base", "WORD_EMB_Roberta_Large": "roberta-large",
+    "WORD_EMB_Xlm_Roberta_Base": "xlm-roberta-base", "WORD_EMB_Xlm_Roberta_Large": "xlm-roberta-large",
+}
+SHAPE = ("model_type", "model_kind", "model_n_layers", "model_hidden_size", "model_n_heads", "model_vocab_size")
+NUMBERS = ("model_n_params", "model_n_layers", "model_hidden_size", "model_n_heads", "model_vocab_size",
+           "model_max_positions")
+
+
+def test_model_table_ships_with_the_package_and_every_row_is_well_formed():
+    from importlib import resources
+    assert resources.files("xlog.importers").joinpath("model_facts.csv").is_file()
+    table = model_table()
+    assert len(table) >= 100
+    for mid, row in table.items():
+        assert row["model_id"] == mid and mid.strip() == mid and " " not in mid
+        assert row["model_kind"] in ("encoder", "decoder", "encoder-decoder"), mid
+        assert row["model_type"] and row["source"] and "config.json" in row["source"], mid
+        for f in NUMBERS:
+            assert row[f] is None or (isinstance(row[f], int) and row[f] > 0), (mid, f)
+        for f in ("model_n_layers", "model_hidden_size", "model_n_heads", "model_vocab_size"):
+            assert row[f] is not None, (mid, f)   # the config figures every row must have
+        # a parameter count is at least the token embedding
+        assert row["model_n_params"] is None or row["model_n_params"] > row["model_vocab_size"] * 128, mid
+        # every model type has its head classes for model_architecture
+        assert modelfacts.head_architecture(row["model_type"], "sequence-classification"), mid
+        assert model_facts(mid)["model_kind"] == row["model_kind"]
+    # resolving is unambiguous for every id of the table (exact, and from its name part alone)
+    assert all(resolve_model_id(mid) == mid for mid in table)
+    assert all(resolve_model_id(mid.upper()) == mid for mid in table)
+
+
+def test_every_alias_of_the_xautolm_stores_gets_its_facts():
+    for alias, hub_id in STORE_ALIASES.items():
+        assert resolve_model_id(alias) == hub_id, alias
+        facts = model_facts(alias)
+        assert all(facts.get(f) is not None for f in SHAPE), alias
+        # all but RoBERTuito (max_position_embeddings not known for certain) have size and context
+        if hub_id != "pysentimiento/robertuito-base-uncased":
+            assert facts["model_n_params"] > 0 and facts["model_max_positions"] > 0, alias
+    for alias, (hub_id, mtype, kind) in MODEL_ALIASES.items():   # pinned aliases agree with the table
+        assert resolve_model_id(alias) == hub_id
+        assert (model_facts(hub_id)["model_type"], model_facts(hub_id)["model_kind"]) == (mtype, kind), alias
+    # spot checks against the published configs
+    assert model_facts("TEXT_GEN_Microsoft_Phi_2")["model_n_params"] == 2_779_683_840
+    assert model_facts("WORD_EMB_Bert_Large_Uncased") == {
+        "model_type": "bert", "model_kind": "encoder", "model_n_params": 335_141_888, "model_n_layers": 24,
+        "model_hidden_size": 1024, "model_n_heads": 16, "model_vocab_size": 30522, "model_max_positions": 512}
+    t5 = model_facts("TEXT_GEN_Google_T5_T5_Base")   # encoder + decoder layers
+    assert (t5["model_kind"], t5["model_n_layers"], t5["model_n_params"]) == ("encoder-decoder", 24, 222_903_552)
+    llama = model_facts("TEXT_GEN_Meta_Llama_Llama_32_1B")
+    assert (llama["model_n_params"], llama["model_n_layers"], llama["model_max_positions"]) == \
+        (1_235_814_400, 16, 131072)
+    assert "model_n_params" not in model_facts("WORD_EMB_Pysentimiento_Robertuito_Base_Uncased")
+    assert model_row("gpt2")["architecture"] == "GPT2LMHeadModel"
+
+
+def test_name_matching_rules(monkeypatch):
+    # Hub ids in any case, and ids whose organisation was renamed on the Hub
+    assert resolve_model_id("BERT-Base-Uncased") == "bert-base-uncased"
+    assert resolve_model_id("google-bert/bert-base-uncased") == "bert-base-uncased"
+    assert resolve_model_id("FacebookAI/roberta-base") == "roberta-base"
+    assert resolve_model_id("openai-community/gpt2-xl") == "gpt2-xl"
+    assert resolve_model_id("t5-base") == "google-t5/t5-base"
+    assert resolve_model_id("Llama-3.2-1B") == "meta-llama/Llama-3.2-1B"
+    # unknown names, fine-tunes and empty values stay unmapped
+    for name in ("WORD_EMB_Acme_Unknown_Model", "someone/bert-base-uncased-finetuned-sst2", "bert", "", None,
+                 "/home/user/models/ckpt-1"):
+        assert resolve_model_id(name) is None and model_facts(name) == {}, name
+    # two ids that normalise alike: ambiguous, so unmapped
+    fake = {"acme/Model-1.5B": {"model_id": "acme/Model-1.5B"}, "acme/Model-15B": {"model_id": "acme/Model-15B"},
+            "other/Model-1.5B": {"model_id": "other/Model-1.5B"}}
+    modelfacts._indexes.cache_clear()
+    monkeypatch.setattr(modelfacts, "model_table", lambda: fake)
+    try:
+        assert resolve_model_id("TEXT_GEN_Acme_Model_15B") is None
+        assert resolve_model_id("acme/Model-15B") == "acme/Model-15B"      # exact id still wins
+        assert resolve_model_id("third/Model-1.5B") is None                 # two orgs share the name
+    finally:
+        monkeypatch.undo()
+        modelfacts._indexes.cache_clear()
+    assert resolve_model_id("TEXT_GEN_Gpt2") == "gpt2"
+
+
+def test_imported_records_carry_model_facts(imported):
+    store, _ = imported
+    recs = store.records()
+    assert recs
+    for r in recs:
+        row = model_row(r["model_name"])
+        assert row is not None, r["model_name"]
+        for f in modelfacts.FACT_FIELDS:
+            assert r[f] == row[f], (r["model_name"], f)
+        assert r["model_objective"] == "sequence-classification" and r["model_architecture"].endswith(
+            "ForSequenceClassification")
+
+
+def test_unknown_alias_keeps_its_name_and_null_model_columns(tmp_path):
+    _, src = _source("00_37_53")
+    cls, _ = _hp(src)
+    (step,) = src["algorithms"]
+    params = dict(step[cls], inner_model={"value": {"WORD_EMB_Acme_Unknown_Model": {}}})
+    rec = dict(src, algorithms=[{cls: params}])
+    d = tmp_path / "store" / "ag_news" / "2025-01-01"
+    d.mkdir(parents=True)
+    (d / "00_00_00-0000.json").write_text(json.dumps(rec), encoding="utf-8")
+    store = LocalStore(tmp_path / "home")
+    assert import_autogoal(tmp_path / "store", store).imported == 1
+    (r,) = store.records()
+    assert r["model_name"] == "WORD_EMB_Acme_Unknown_Model"
+    for f in modelfacts.FACT_FIELDS + ("model_architecture",):
+        assert r[f] is None, f
+    assert r["model_objective"] == "sequence-classification"   # from the AutoGOAL class, not the model
+
+
+def test_generative_task_records_get_objective_and_facts(tmp_path):
+    """XAutoLM's *GenLLMTask fine-tuners train a causal LM (decoder) or a seq2seq LM (encoder-decoder)."""
+    store = LocalStore(tmp_path / "home")
+    summary = import_autogoal(DROP, store)
+    assert summary.read == 3 and summary.imported == 3 and summary.invalid == []
+    recs = {r["model_name"]: r for r in store.records()}
+    assert set(recs) == {"gpt2", "google-t5/t5-large", "meta-llama/Llama-3.2-1B"}
+    gpt2, t5, llama = recs["gpt2"], recs["google-t5/t5-large"], recs["meta-llama/Llama-3.2-1B"]
+    assert (gpt2["model_kind"], gpt2["model_objective"], gpt2["model_architecture"]) == \
+        ("decoder", "causal-lm", "GPT2LMHeadModel")
+    assert (gpt2["model_n_params"], gpt2["model_max_positions"]) == (124_439_808, 1024)
+    assert gpt2["status"] == "completed" and gpt2["ft_method"] == "partial" and gpt2["task_type"] == "text-generation"
+    assert (t5["model_kind"], t5["model_objective"], t5["model_architecture"]) == \
+        ("encoder-decoder", "seq2seq-lm", "T5ForConditionalGeneration")
+    assert (t5["model_n_layers"], t5["model_n_params"]) == (48, 737_668_096)
+    assert llama["status"] == "failed" and llama["error_type"] == "NoScore" and llama["peft_type"] == "LORA"
+    assert (llama["model_type"], llama["model_objective"], llama["model_n_params"]) == \
+        ("llama", "causal-lm", 1_235_814_400)
+    assert llama["outcome_total_runtime_s"] is None   # no error message, no runtime: nothing is made up
+    for r in recs.values():
+        assert S.validate_record(r) == [] and find_leaks(r) == []
+
+
+@pytest.mark.parametrize("message, seconds", [
+    ("Exceeded allowed time for execution. The process was terminated after 5400.0 seconds.", 5400.0),
+    ("TimeoutError: job killed after 120 s", 120.0),
+    ("Evaluation timed out after 30 seconds", 30.0),
+    ("Exceeded allowed time for execution.", None),          # no figure
+    ("CUDA out of memory. Tried to allocate 160.00 MiB", None),
+    ("step 3 took 12 seconds, then failed", None),            # a duration, but not the run's
+])
+def test_runtime_from_error_message(tmp_path, message, seconds):
+    _, src = _source("00_37_53")
+    rec = dict(src, error=message, f1=-math.inf, accuracy=-math.inf, evaluation_time=None)
+    d = tmp_path / "store" / "ag_news" / "2025-01-01"
+    d.mkdir(parents=True)
+    (d / "00_00_00-0000.json").write_text(json.dumps(rec), encoding="utf-8")
+    store = LocalStore(tmp_path / "home")
+    import_autogoal(tmp_path / "store", store)
+    (r,) = store.records()
+    assert r["outcome_total_runtime_s"] == seconds
+    # a finite evaluation_time in the record wins over the message
+    rec2 = dict(rec, evaluation_time=4321.5, timestamp="2025-01-01 00:10:00")
+    (d / "00_10_00-0001.json").write_text(json.dumps(rec2), encoding="utf-8")
+    import_autogoal(tmp_path / "store", store)
+    assert {x["outcome_total_runtime_s"] for x in store.records()} == {seconds, 4321.5}

@@ -160,3 +160,41 @@ def test_cli_table(csv_file, tmp_path):
     assert bad.exit_code != 0 and "not a field of the record schema" in bad.output
     js = runner.invoke(xlog_main, args + ["--json"])
     assert json.loads(js.stdout)["already_present"] == 3
+
+
+def test_model_columns_filled_from_the_model_table(tmp_path):
+    """Model columns a row leaves empty come from the shipped table of model facts; a value the
+    row gives is never overwritten, and an unknown model gets nothing."""
+    from xlog.importers.modelfacts import model_facts
+    p = tmp_path / "runs.csv"
+    p.write_text("when,model,layers,kind,status\n"
+                 "2025-01-02T10:00:00,bert-base-uncased,,,completed\n"
+                 "2025-01-02T11:00:00,google-bert/bert-base-uncased,6,,completed\n"   # renamed Hub org
+                 "2025-01-02T12:00:00,TEXT_GEN_Microsoft_Phi_2,,,oom\n"               # an AutoGOAL alias
+                 "2025-01-02T13:00:00,my-own-model,,decoder,failed\n", encoding="utf-8")
+    mapping = {"when": "created_at", "model": "model_name", "layers": "model_n_layers", "kind": "model_kind",
+               "status": "status"}
+    store = LocalStore(tmp_path / "home")
+    summary = import_table(p, mapping, store)
+    assert summary.imported == 4 and summary.invalid == []
+    recs = _by_model_time(store)
+    bert = model_facts("bert-base-uncased")
+    assert bert["model_n_params"] == 109_482_240 and bert["model_n_layers"] == 12
+    a = recs["10:00"]
+    assert a["model_name"] == "bert-base-uncased"
+    assert {f: a[f] for f in bert} == bert
+    assert a["model_architecture"] is None and a["model_objective"] is None   # the head is the row's to say
+    b = recs["11:00"]
+    assert b["model_name"] == "google-bert/bert-base-uncased"   # the source's name is kept
+    assert b["model_n_layers"] == 6 and b["model_hidden_size"] == 768   # the row's 6 wins; the rest filled
+    c = recs["12:00"]
+    assert c["model_name"] == "TEXT_GEN_Microsoft_Phi_2"
+    assert (c["model_type"], c["model_kind"], c["model_n_params"]) == ("phi", "decoder", 2_779_683_840)
+    d = recs["13:00"]
+    assert d["model_kind"] == "decoder" and d["model_n_params"] is None and d["model_type"] is None
+    for r in recs.values():
+        assert S.validate_record(r) == []
+    # opting out leaves the columns as the file has them
+    store2 = LocalStore(tmp_path / "home2")
+    import_table(p, mapping, store2, model_facts=False)
+    assert all(r["model_n_params"] is None for r in store2.records())

@@ -1,8 +1,10 @@
 """Import an AutoGOAL / XAutoLM experience store (one JSON file per evaluated pipeline,
 ``<store>/<alias>/<YYYY-MM-DD>/<HH_MM_SS>-<uuid>.json``) into schema-valid records.
 
-Only what the source holds is mapped; everything else stays null. The mapping (positions of
-the feature vectors, model aliases, hyperparameters) is documented in docs/import.md."""
+Only what the source holds is mapped, plus the published facts of the model it names (size and
+shape, from the shipped model table, xlog.importers.modelfacts); everything else stays null. The
+mapping (positions of the feature vectors, model aliases, hyperparameters) is documented in
+docs/import.md."""
 from __future__ import annotations
 
 import json
@@ -16,14 +18,16 @@ from ..privacy import scrub_name, scrub_text
 from ..store import LocalStore
 from . import (ImportSummary, Problem, base_record, content_hash, finite, json_compact,
                resolve_timezone, stable_record_id, write_records)
+from .modelfacts import fill_model_facts, head_architecture, resolve_model_id
 
 KIND = "autogoal"
 GIB_TO_GB = 1024 ** 3 / 1e9   # AutoGOAL reports memory in GiB; the schema's _gb fields are 1e9 bytes
 
 # AutoGOAL model aliases -> (Hub model id, config.model_type, model_kind). An alias is built from
 # the Hub id by capitalising its words and joining them with "_", which loses case and
-# punctuation, so only aliases whose Hub id is known for certain are listed; any other alias is
-# kept as the model name.
+# punctuation. Aliases listed here are pinned; any other alias is matched by name against the
+# model table (modelfacts.resolve_model_id: letters and digits only, a unique match or none), and
+# an alias that matches nothing is kept as the model name, with its model columns null.
 MODEL_ALIASES: dict[str, tuple[str, str, str]] = {
     "TEXT_GEN_Gpt2_Xl": ("gpt2-xl", "gpt2", "decoder"),
     "TEXT_GEN_Microsoft_Phi_2": ("microsoft/phi-2", "phi", "decoder"),
@@ -46,6 +50,11 @@ MODEL_ALIASES: dict[str, tuple[str, str, str]] = {
 # The fine-tuning step of a pipeline: AutoGOAL-contrib's class name tells the method.
 _FT_CLASS_RE = re.compile(r"^(?P<method>Lora|PartialFineTune|FineTune)(?P<rest>\w*)$")
 _FT_METHODS = {"Lora": "lora", "PartialFineTune": "partial", "FineTune": "full"}
+# AutoGOAL-contrib (autogoal_transformers/_manual.py): every *Classifier fine-tuner, the
+# *GenLLMClassifier ones on TEXT_GEN_ models included (they subclass the *LLMEmbeddingClassifier
+# ones), loads AutoModelForSequenceClassification; the *GenLLMTask ones load AutoModelForCausalLM,
+# or AutoModelForSeq2SeqLM for an encoder-decoder.
+_GEN_TASK_OBJECTIVE = {"decoder": "causal-lm", "encoder-decoder": "seq2seq-lm"}
 
 # Hyperparameters with a dedicated schema column (all of them also stay in the JSON config).
 _HP_COLUMNS = {"learning_rate": ("train_learning_rate", float), "batch_size": ("train_batch_size", int),
@@ -77,6 +86,10 @@ _GEN_11 = ("task_n_train", "task_chars_mean", "task_chars_std")
 _OOM_RE = re.compile(r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|"
                      r"can't allocate memory|cannot allocate memory", re.IGNORECASE)
 _TIMEOUT_RE = re.compile(r"Exceeded allowed time for execution|timed? ?out\b|TimeoutError", re.IGNORECASE)
+# An error message that states how long the run lasted before it was stopped, e.g. AutoGOAL's
+# "Exceeded allowed time for execution. The process was terminated after 5400.0 seconds."
+_ELAPSED_RE = re.compile(r"\b(?:terminated|killed|stopped|aborted|interrupted|cancel+ed|timed out)\s+after\s+"
+                         r"(?P<s>\d+(?:\.\d+)?)\s*(?:s|secs?|seconds?)\b", re.IGNORECASE)
 _TIME_METRICS = {"evaluation_time", "evaluation_time_s", "eval_time"}
 _DATE_DIR_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 TWIN_WINDOW_S = 5.0
@@ -247,10 +260,16 @@ def _pipeline(data: Mapping[str, Any]) -> dict[str, Any]:
     if hub:
         out["model_name"], out["model_type"], out["model_kind"] = hub
     else:
-        out["model_name"] = scrub_name(alias)
-    if "LLMEmbedding" in cls:
-        # Encoder + sequence-classification head (AutoModelForSequenceClassification).
+        model_id = resolve_model_id(alias)
+        out["model_name"] = model_id or scrub_name(alias)
+    fill_model_facts(out)   # size and shape from the shipped table; nothing for an unknown model
+    if cls.endswith("Classifier"):
         out["model_objective"] = "sequence-classification"
+    elif cls.endswith("Task"):
+        out["model_objective"] = _GEN_TASK_OBJECTIVE.get(out.get("model_kind") or "")
+    arch = head_architecture(out.get("model_type"), out.get("model_objective"))
+    if arch:
+        out["model_architecture"] = arch
     if method == "lora":
         out["peft_type"] = "LORA"
     for hp, (col, typ) in _HP_COLUMNS.items():
@@ -311,6 +330,18 @@ def _metrics(data: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, bool]
     return values, maximize, order, nonfinite
 
 
+def _elapsed_from_error(error: Any) -> float | None:
+    """Seconds the run lasted, when its error message states them ("terminated after 5400.0
+    seconds"); None otherwise (no runtime is guessed)."""
+    if not isinstance(error, str):
+        return None
+    m = _ELAPSED_RE.search(error)
+    if m is None:
+        return None
+    v = float(m.group("s"))
+    return v if math.isfinite(v) else None
+
+
 def _outcome(data: Mapping[str, Any]) -> dict[str, Any]:
     values, maximize, order, nonfinite = _metrics(data)
     out: dict[str, Any] = {}
@@ -319,6 +350,12 @@ def _outcome(data: Mapping[str, Any]) -> dict[str, Any]:
         # AutoGOAL's evaluation time is the wall time of evaluating the pipeline (fine-tuning +
         # scoring), i.e. the whole run, not only its evaluation pass.
         out["outcome_total_runtime_s"] = runtime
+    else:
+        # A run stopped at AutoGOAL's time limit has no finite evaluation time, but its message
+        # says how long it ran; a failure costs that time.
+        elapsed = _elapsed_from_error(data.get("error"))
+        if elapsed is not None:
+            out["outcome_total_runtime_s"] = elapsed
     quality = {n: v for n, v in values.items() if n not in _TIME_METRICS}
     if quality:
         out["outcome_metrics"] = quality

@@ -18,6 +18,7 @@ from .. import schema as S
 from ..privacy import scrub_name, scrub_text
 from ..store import LocalStore
 from . import ImportSummary, Problem, base_record, resolve_timezone, stable_record_id, write_records
+from .modelfacts import fill_model_facts
 
 KIND = "table"
 METRIC_PREFIX = "outcome_metrics."
@@ -177,9 +178,11 @@ def read_rows(path: Path, fmt: str | None = None) -> tuple[list[str], Iterator[t
 
 def import_table(path: str | Path, mapping: Mapping[str, str], store: LocalStore | None = None, *,
                  constants: Mapping[str, str] | None = None, fmt: str | None = None,
-                 dry_run: bool = False, timezone_name: str = "UTC") -> ImportSummary:
+                 dry_run: bool = False, timezone_name: str = "UTC", model_facts: bool = True) -> ImportSummary:
     """Import a CSV/TSV/JSON-lines file; ``mapping`` is source column -> schema field (or
-    ``outcome_metrics.<name>``), ``constants`` is schema field -> value for every row."""
+    ``outcome_metrics.<name>``), ``constants`` is schema field -> value for every row. With
+    ``model_facts``, model columns a row leaves empty are filled from the shipped model table
+    (xlog.importers.modelfacts) when its ``model_name`` is in it."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise TableImportError(f"no such file: {p}")
@@ -226,6 +229,8 @@ def import_table(path: str | Path, mapping: Mapping[str, str], store: LocalStore
         except _BadValue as exc:
             summary.invalid.append(Problem(where, str(exc)))
             continue
+        if model_facts:
+            fill_model_facts(rec)   # never overwrites a value the row gave
         items.append((where, rec))
     write_records(items, store or LocalStore(), summary)
     return summary
