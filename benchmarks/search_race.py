@@ -1,18 +1,19 @@
-"""The search race: leave-one-task-out over the meta-dataset with the replay evaluator.
+"""The search race: leave-one-task-out with the replay evaluator, on every data set in one run.
 
-Each task of the meta-dataset is held out in turn. Its logged runs (the fixed grid, as far as it
-was run) are the candidate pool and the ground truth: a candidate is answered by its logged run,
-the time charged is the logged runtime, a failed/oom/timeout run costs its logged runtime and is
-an error. The budget is simulated seconds: ``--budget-fraction`` x the time the task's whole grid
-took. Five contestants, same budget, same pool, ``--seeds`` seeds each: random search, the
-evolutionary search with no experience (zero-shot), Optuna's TPE sampler, a kNN warm start (the
-memory-based XAutoLM baseline) and xsearch in full (warm start + estimator-guided skipping).
-Everything that learns from experience (estimators, warm start, kNN) sees only the OTHER tasks'
-records; it is fitted once per held-out task, not per seed. See docs/race.md.
+Data sets (default: the meta-dataset and the shipped XAutoLM AG News store): each task of a data
+set is held out in turn. Its logged runs are the candidate pool and the ground truth: a candidate
+is answered by its logged run, the time charged is the logged runtime, a failed/oom/timeout run
+costs its logged runtime (or an imputed one, see xsearch.replay) and is an error. The budget is
+simulated seconds: ``--budget-fraction`` x the time the task's whole pool took, failures included.
+Five contestants, same budget, same pool, ``--seeds`` seeds each: random search, the evolutionary
+search with no experience (zero-shot), Optuna's TPE sampler, a kNN warm start (the memory-based
+XAutoLM baseline) and xsearch in full (seeds from similar tasks, warm start, estimators that order
+candidates). Everything that learns from experience sees only the OTHER tasks' records (of every
+data set given); it is fitted once per held-out task, not per seed. See docs/race.md.
 
-    python benchmarks/search_race.py [--data benchmarks/data/metadataset_v1.parquet] [--seeds 20]
+    python benchmarks/search_race.py [--data FILE_OR_STORE [--space SPACE|auto]]... [--seeds 20]
 
-Prints the tables, writes benchmarks/results/search_race.json and search_race_anytime.png.
+Prints the tables, writes benchmarks/results/search_race_<data set>.json and an anytime plot each.
 """
 from __future__ import annotations
 
