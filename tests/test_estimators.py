@@ -1,11 +1,14 @@
-"""Estimators: fit/predict on constructed stores with a known structure, persistence, grouped
-cross-validation that never leaks a held-out group, and real records of tiny Trainer runs."""
+"""Estimators: fit/predict on constructed stores with a known structure, task-relative quality
+(tasks whose F1 scales differ tenfold), quality_sd and fail_runtime_s, persistence, grouped
+cross-validation that never leaks a held-out group and reports per group against baselines, a
+failure-heavy store, and real records of tiny Trainer runs."""
 from __future__ import annotations
 
 import json
 import math
 import random
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,8 +17,10 @@ from click.testing import CliRunner
 
 import stores
 from xsearch.cli import main as xsearch_main
+from scipy.stats import spearmanr
+
 from xsearch.estimators import (PREDICTION_COLUMNS, Estimators, format_report, grouped_cv_report, grouped_folds,
-                                load_experiences, records_frame)
+                                load_experiences, records_frame, relative_quality, task_keys)
 from xsearch.features import FEATURES, candidate_rows, feature_matrix
 
 T4 = {k: v for k, v in stores.HARDWARE[1].items() if not k.startswith("_")}
@@ -71,6 +76,8 @@ def test_fit_learns_each_target_and_orients_quality(experiences, fitted):
     assert np.isfinite(pred.to_numpy()).all()
     assert ((pred["p_fail"] >= 0) & (pred["p_fail"] <= 1)).all()
     assert (pred["runtime_s"] > 0).all() and (pred["energy_kwh"] > 0).all()
+    # Relative quality: a percentile within the task, so predictions stay near (0, 1).
+    assert fitted.quality_target == "rank" and pred["quality"].between(-0.25, 1.25).all()
 
 
 def test_predictions_follow_the_known_structure_on_a_new_task(experiences, fitted):
@@ -177,23 +184,183 @@ def _fingerprint_records(seed: int = 0) -> list[dict]:
 def test_grouped_cv_would_detect_leakage(tmp_path):
     stores.build_store(tmp_path, records=_fingerprint_records())
     exp = load_experiences(tmp_path)
-    honest = grouped_cv_report(exp, group_by="task_name", n_splits=5, targets=["quality"])["targets"]["quality"]
+    # The absolute metric: a task-relative one has no per-task level left to leak.
+    kw = {"targets": ["quality"], "quality_target": "absolute", "baselines": False}
+    honest = grouped_cv_report(exp, group_by="task_name", n_splits=5, **kw)["targets"]["quality"]
 
     def leaky(df):  # rows shuffled into folds regardless of their task
         idx = np.random.default_rng(0).permutation(len(df))
         return [(np.setdiff1d(idx, part), part) for part in np.array_split(idx, 5)]
 
-    leaked = grouped_cv_report(exp, group_by="task_name", splitter=leaky, targets=["quality"])["targets"]["quality"]
+    leaked = grouped_cv_report(exp, group_by="task_name", splitter=leaky, **kw)["targets"]["quality"]
     assert leaked["model"]["mae"] < 0.3 * leaked["mean"]["mae"]   # leakage: the task is recognised
     assert honest["model"]["mae"] > 0.7 * honest["mean"]["mae"]   # held out: nothing to recognise
 
 
 def test_loss_only_store_negates_quality():
     recs = stores.lm_task_records(20, random.Random(2), datetime(2025, 1, 1, tzinfo=timezone.utc))
-    est = Estimators().fit(records_frame(recs))
+    exp = records_frame(recs)
+    est = Estimators().fit(exp)
     assert est.quality_metric == "loss" and est.quality_sign == -1.0
-    q = est.predict(records_frame(recs))["quality"]
-    assert (q < 0).all()  # -loss: higher is better
+    # The lowest loss has the highest relative quality.
+    y = est.targets(exp)["quality"]
+    loss = pd.to_numeric(exp["outcome_primary_value"], errors="coerce")
+    assert spearmanr(y[y.notna()], loss[y.notna()]).statistic == pytest.approx(-1.0)
+    assert (Estimators(quality_target="absolute").fit(exp).predict(exp)["quality"] < 0).all()  # -loss
+    # One task cannot hold a task out: quality_sd is the target's own spread.
+    assert est.quality_sd_source_ == "target-spread" and est.quality_sd_ == pytest.approx(float(np.std(y.dropna())))
+
+
+def test_relative_quality_within_groups():
+    v = pd.Series([0.9, 0.8, 0.7, 0.1, 0.2, np.nan, 0.5, 0.5])
+    g = pd.Series(["a", "a", "a", "b", "b", "b", "c", "d"])
+    r = relative_quality(v, g, "rank")
+    assert r[:3].tolist() == pytest.approx([5 / 6, 3 / 6, 1 / 6])   # (rank - 0.5) / n
+    assert r[3:5].tolist() == pytest.approx([0.25, 0.75])
+    assert r[5:].isna().all()  # no value; tasks c and d have one completed run: nothing to rank against
+    z = relative_quality(v, g, "zscore")
+    assert z[:3].mean() == pytest.approx(0.0) and z[:3].std(ddof=0) == pytest.approx(1.0)
+    assert relative_quality(pd.Series([0.4, 0.4]), pd.Series(["a", "a"]), "zscore").tolist() == [0.0, 0.0]
+    assert relative_quality(v, g, "absolute")[:5].tolist() == v[:5].tolist()
+    with pytest.raises(ValueError, match="unknown quality target"):
+        relative_quality(v, g, "percent")
+    # Records without a task name are grouped by their task meta-features, not lumped together.
+    df = records_frame([{"task_name": None, "task_n_train": 100}, {"task_name": None, "task_n_train": 200},
+                        {"task_name": "t", "task_n_train": 100}])
+    keys = task_keys(df)
+    assert keys[2] == "t" and keys[0] != keys[1]
+
+
+def _tenfold_records(seed: int = 0) -> list[dict]:
+    """Tasks whose F1 scales differ tenfold: four of eight tasks (two small, two large) score a
+    tenth of what the simulator gives them, which no meta-feature reveals."""
+    recs = stores.generate_records(n_tasks=8, runs_per_task=25, seed=seed)
+    names = sorted({r["task_name"] for r in recs})
+    low = set(names[::2][:2] + names[1::2][:2])
+    for r in recs:
+        if r["task_name"] in low and r["status"] == "completed":
+            q = r["outcome_primary_value"] * 0.1
+            r.update(outcome_primary_value=q, outcome_metrics={"eval_f1": q})
+    return recs
+
+
+def test_relative_quality_ranks_within_each_task_when_scales_differ_tenfold():
+    exp = records_frame(_tenfold_records())
+    tasks = task_keys(exp)
+    rel = Estimators().targets(exp)["quality"]
+    absolute = Estimators(quality_target="absolute").targets(exp)["quality"]
+    ok = rel.notna()
+    assert ok.sum() > 100 and absolute.notna().sum() == ok.sum()
+    # Each run's standing within its own task (what a search needs to rank one task's candidates).
+    standing = absolute[ok].groupby(tasks[ok]).rank(pct=True)
+    assert spearmanr(rel[ok], standing).statistic > 0.99
+    assert spearmanr(absolute[ok], standing).statistic < 0.6   # ranks tasks, not runs within them
+    best = absolute[ok].groupby(tasks[ok]).max()
+    assert (best < absolute[ok].median()).sum() == 4   # each 10x-smaller task's best run looks bad pooled
+    assert (rel[ok].groupby(tasks[ok]).max() > 0.9).all()   # relative: every task's best run is on top
+    # Held out, the relative estimator predicts each unseen task's own ranking (not its scale).
+    rep = grouped_cv_report(exp, group_by="task_name", n_splits=4, targets=["quality", "quality_sd"],
+                            baselines=False)
+    q = rep["targets"]["quality"]
+    assert rep["quality_target"] == "rank" and q["over_groups"]["model"]["spearman_within_task"] > 0.4
+    assert q["model"]["mae"] < q["mean"]["mae"]
+
+
+def test_quality_sd_and_fail_runtime_are_predicted(experiences, fitted):
+    assert fitted.quality_sd_source_ == "grouped-cv" and 0.05 < fitted.quality_sd_ < 0.29  # 0.29: knows nothing
+    assert fitted.fail_runtime_source_ == "regressor"
+    task = stores.new_task_features(small=False, seed=5)
+    large = stores.MODELS[4]
+    rows = candidate_rows([_cfg(large, "full", 3e-5, batch=128, seq=512), _cfg(large, "lora", 5e-4, batch=8, seq=64)],
+                          task, T4)
+    pred = fitted.predict(rows)
+    assert (pred["quality_sd"] == fitted.quality_sd_).all()
+    # Out of memory: it fails within seconds of starting, long before a run would have finished.
+    assert pred.loc[0, "p_oom"] > 0.5 and pred.loc[0, "fail_runtime_s"] < 0.2 * pred.loc[0, "runtime_s"]
+    assert np.isfinite(pred["fail_runtime_s"]).all() and (pred["fail_runtime_s"] > 0).all()
+    # Few failures with a runtime: the median ratio to the predicted runtime of a completed run.
+    recs = [r for r in stores.generate_records(n_tasks=3, runs_per_task=15, seed=6)]
+    failed = [r for r in recs if r["status"] in ("failed", "timeout")][:3]
+    done = [r for r in recs if r["status"] == "completed"]
+    est = Estimators().fit(records_frame(done + failed))
+    assert est.fail_runtime_source_ == "ratio" and est.fail_runtime_ratio_ > 0
+    p = est.predict(records_frame(done[:3]))
+    assert p["fail_runtime_s"].to_numpy() == pytest.approx(est.fail_runtime_ratio_ * p["runtime_s"].to_numpy())
+    # No failure logged a runtime: unknown, not zero.
+    est = Estimators().fit(records_frame(done))
+    assert est.predict(records_frame(done[:3]))["fail_runtime_s"].isna().all()
+    assert "fail_runtime_s" not in est.fitted_targets and "quality_sd" in est.fitted_targets
+
+
+def test_report_per_group_with_baselines(experiences):
+    rep = grouped_cv_report(experiences, group_by="task_name", n_splits=0)
+    tasks = sorted(set(experiences["task_name"]))
+    assert rep["n_splits"] == len(tasks)  # 0: leave one task out
+    for t in ("quality", "runtime_s", "fail_runtime_s", "p_fail", "p_oom"):
+        entry = rep["targets"][t]
+        for p in ("model", "per_model", "linear", "mean"):
+            assert p in entry and p in entry["over_groups"]
+        groups = entry["groups"]
+        assert [g["group"] for g in groups] == sorted(g["group"] for g in groups)
+        assert sum(g["n"] for g in groups) == entry["n"]
+        key = "roc_auc" if t.startswith("p_") else "spearman_within_task"
+        vals = [g["model"][key] for g in groups if g["model"][key] is not None]
+        assert entry["over_groups"]["model"][key] == pytest.approx(np.mean(vals))
+        assert entry["over_groups"]["model"][f"{key}_min"] == pytest.approx(min(vals))
+    pf = rep["targets"]["p_fail"]
+    assert {g["group"] for g in pf["groups"]} == set(tasks)
+    # The estimators beat the per-model failure rate and the mean on every held-out task's mean.
+    assert pf["over_groups"]["model"]["roc_auc"] > pf["over_groups"]["per_model"]["roc_auc"] + 0.1
+    assert pf["mean"]["roc_auc"] == 0.5  # a constant ranks nothing, whatever pooling folds would say
+    q = rep["targets"]["quality"]
+    assert q["over_groups"]["model"]["spearman_within_task"] > q["over_groups"]["per_model"]["spearman_within_task"]
+    assert 0.4 < q["model"]["within_1sd"] < 0.95   # quality_sd is an honest spread
+    text = format_report(rep)
+    assert "pooled" in text and "groups" in text and "per_model" in text and "linear" in text
+    assert all(t in text for t in tasks if len(t) <= 34)
+    assert "held-out task_name" in text and "held-out task_name" not in format_report(rep, per_group=False)
+    # Holding out models: a held-out model is always new to the per-model baseline.
+    rep = grouped_cv_report(experiences, group_by="model_name", n_splits=0, targets=["p_fail"])
+    assert rep["targets"]["p_fail"]["per_model"]["roc_auc"] == 0.5
+    assert len(rep["targets"]["p_fail"]["groups"]) == len(set(experiences["model_name"]))
+
+
+def test_failure_heavy_store_beats_the_per_model_rate():
+    """70% failures (as in real shared experience): held-out tasks' failures are still ranked, and
+    the calibrated probabilities are probabilities (not the trees' overconfident 0s and 1s)."""
+    rng = random.Random(0)
+    recs = stores.generate_records(n_tasks=6, runs_per_task=50, seed=0, models=stores.MODELS[2:],
+                                   hardware=stores.HARDWARE[1:])
+    fails = [r for r in recs if r["status"] != "completed"]
+    done = rng.sample([r for r in recs if r["status"] == "completed"], k=len(fails) * 3 // 7)
+    exp = records_frame(fails + done)
+    rep = grouped_cv_report(exp, group_by="task_name", n_splits=3, targets=["p_fail"])
+    pf = rep["targets"]["p_fail"]
+    assert pf["positives"] / pf["n"] == pytest.approx(0.7, abs=0.02)
+    assert pf["over_groups"]["model"]["roc_auc_min"] > 0.75
+    assert pf["over_groups"]["model"]["roc_auc"] > pf["over_groups"]["per_model"]["roc_auc"] + 0.15
+    assert pf["model"]["brier"] < pf["mean"]["brier"]
+    est = Estimators(targets=["p_fail"]).fit(exp)
+    assert est.calibration_["p_fail"]["held_out"] == "task_name"
+    p = est.predict(exp)["p_fail"]
+    assert p.between(0.0, 1.0).all() and abs(p.mean() - 0.7) < 0.1
+
+
+XAUTOLM = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "xautolm_dev" / "experience_store"
+
+
+@pytest.mark.skipif(not XAUTOLM.is_dir(), reason="the XAutoLM AG News store is not in this checkout")
+def test_real_failure_heavy_store_beats_the_per_model_rate(tmp_path):
+    """The external XAutoLM store (one task, two search folders, 89% failures): holding out a whole
+    folder, the failure estimator ranks the other folder's runs better than each model's failure rate."""
+    from xlog.importers.autogoal import import_autogoal
+    from xlog.store import LocalStore
+    import_autogoal(XAUTOLM, LocalStore(tmp_path))
+    exp = load_experiences(tmp_path)
+    assert exp["task_name"].nunique() == 2 and (exp["status"] != "completed").mean() > 0.8
+    pf = grouped_cv_report(exp, group_by="task_name", n_splits=0, targets=["p_fail"])["targets"]["p_fail"]
+    assert pf["model"]["roc_auc"] > pf["per_model"]["roc_auc"] + 0.05
+    assert pf["over_groups"]["model"]["roc_auc"] > pf["over_groups"]["per_model"]["roc_auc"] + 0.05
 
 
 def test_cli_report_fit_and_errors(tmp_path):
@@ -208,6 +375,14 @@ def test_cli_report_fit_and_errors(tmp_path):
     assert res.exit_code == 0, res.output
     reports = json.loads(res.output)
     assert reports == json.loads(out.read_text()) and reports[0]["group_by"] == "model_name"
+    assert {"model", "per_model", "linear", "mean", "groups", "over_groups"} <= set(reports[0]["targets"]["p_fail"])
+    res = runner.invoke(xsearch_main, ["estimators", "--home", str(home), "--report", "--group-by", "task_name",
+                                       "--splits", "0", "--quality-target", "zscore"])
+    assert res.exit_code == 0, res.output
+    assert "3 groups, 3 folds" in res.output and "relative within each task (zscore)" in res.output
+    assert "held-out task_name" in res.output and "per_model" in res.output
+    res = runner.invoke(xsearch_main, ["estimators", "--home", str(home), "--report", "--summary", "--splits", "1"])
+    assert res.exit_code != 0 and "at least 2" in res.output
     res = runner.invoke(xsearch_main, ["estimators", "--home", str(home), "--fit", "--out", str(tmp_path / "e.joblib")])
     assert res.exit_code == 0, res.output
     assert Estimators.load(tmp_path / "e.joblib").is_fitted

@@ -1,12 +1,37 @@
 """Estimators learned from the experience store: for a candidate row (task meta-features, model,
 method, hyperparameters, hardware) predict its quality, runtime, energy and probability of failing.
 
-Quality is the task's primary metric family (the most common one in the store, e.g. ``f1``),
-oriented so that higher is better: for a family whose records say ``outcome_greater_is_better``
-is False (a loss), the value is negated. Rows of other metric families train only the cost and
-failure estimators. Runtime and energy are learned on a log scale from completed runs.
-Failure = status failed/oom/timeout; interrupted runs (stopped by a person or the machine, not by
-the configuration) are left out of the failure estimator.
+Prediction columns (``PREDICTION_COLUMNS``; NaN where an estimator is not fitted):
+
+- ``quality``: **relative** quality, higher is better, comparable only between candidates of one
+  task. Real shared experience scores every task on its own scale (macro F1 0.04-0.25 on one task,
+  0.33-0.93 on another), so an absolute metric pooled over tasks teaches mostly which task a row
+  comes from. The target is therefore made relative within each (task, metric family) group: by
+  default the percentile rank of the run among that task's completed runs, ``(rank - 0.5) / n`` in
+  (0, 1) (``quality_target="rank"``; ``"zscore"`` standardises within the task, ``"absolute"`` keeps
+  the oriented metric as before). A task needs at least 2 completed runs to teach quality. Quality
+  is learned for one metric family (``quality_metric``, default the most common primary metric
+  family, e.g. ``f1``), oriented so that higher is better (a loss is negated before ranking); rows
+  of other families (a causal-LM task scoring ``eval_loss`` beside F1 tasks) are never mixed in,
+  they teach cost and failure only. A search maps ``quality`` to its task's own scale by calibrating
+  against the task's own results as they arrive.
+- ``quality_sd``: the spread of ``quality`` (one number per fitted estimator, same units): the root
+  mean square residual of a grouped cross-validation inside ``fit`` that holds out whole tasks
+  (when at least 3 tasks teach quality), else the standard deviation of the target itself (what a
+  prediction that knows nothing would miss by).
+- ``runtime_s``, ``energy_kwh``: of a completed run, learned on a log scale from completed runs.
+- ``fail_runtime_s``: seconds a run that fails takes before it fails (a failure costs its time):
+  a log-scale regressor on failed / oom / timeout records that logged a runtime; with fewer than
+  ``min_rows`` of them, the median ratio of their runtime to the predicted ``runtime_s`` times the
+  predicted ``runtime_s``; NaN when no failure logged a runtime.
+- ``p_fail``, ``p_oom``: probability of status failed / oom / timeout (resp. oom), Platt-calibrated
+  on out-of-group predictions of the same inner cross-validation (boosted trees on a few hundred
+  records are overconfident). Interrupted runs (stopped by a person or the machine, not by the
+  configuration) are left out.
+
+The honest evaluation (grouped cross-validation, per held-out group, against baselines) is in
+``xsearch.estimator_report``; ``grouped_cv_report``, ``format_report`` and ``grouped_folds`` are
+importable from here too.
 """
 from __future__ import annotations
 
@@ -17,7 +42,7 @@ import warnings
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -28,10 +53,19 @@ from xlog import schema as S
 
 from .features import CATEGORICAL_FEATURES, FEATURES, MODEL_META_COLUMNS, feature_matrix, model_meta_from
 
+__all__ = [
+    "FAILED_STATUSES", "PREDICTION_COLUMNS", "QUALITY_TARGETS", "Estimators", "records_frame", "load_experiences",
+    "default_path", "metric_family", "choose_quality_metric", "quality_direction", "quality_target",
+    "relative_quality", "task_keys", "runtime_target", "fail_runtime_target", "energy_target", "failure_target",
+    "grouped_folds", "grouped_cv_report", "format_report",
+]
+
 FAILED_STATUSES = ("failed", "oom", "timeout")
-PREDICTION_COLUMNS = ["quality", "runtime_s", "energy_kwh", "p_fail", "p_oom"]
-FORMAT_VERSION = 1
+PREDICTION_COLUMNS = ["quality", "quality_sd", "runtime_s", "fail_runtime_s", "energy_kwh", "p_fail", "p_oom"]
+QUALITY_TARGETS = ("rank", "zscore", "absolute")
+FORMAT_VERSION = 2  # 2: task-relative quality, quality_sd, fail_runtime_s
 MAX_CATEGORIES = 250  # HistGradientBoosting handles at most 255 bins per categorical feature
+MIN_TASK_RUNS = 2  # completed runs a task needs before its runs can be ranked against each other
 
 
 # ---- loading --------------------------------------------------------------------------------
@@ -124,18 +158,64 @@ def quality_target(experiences: pd.DataFrame, metric: str | None, sign: float = 
         v = m.get(f"eval_{metric}", m.get(metric))
         if v is None and fam[idx] == metric:
             v = primary[idx]
-        if v is not None and not pd.isna(v):
+        if v is not None and not pd.isna(v) and math.isfinite(float(v)):
             out[idx] = sign * float(v)
     return out
 
 
-def runtime_target(experiences: pd.DataFrame) -> pd.Series:
-    """Wall time of completed runs (total, else training + evaluation)."""
+def task_keys(experiences: pd.DataFrame) -> pd.Series:
+    """The task each record belongs to: its ``task_name``, else a fingerprint of its task
+    meta-features (records without a name are not all one task)."""
+    name = _column(experiences, "task_name").astype(object)
+    fp_cols = ["task_type", "task_n_train", "task_n_classes", "task_chars_mean"]
+    fp = pd.Series(["|".join(str(_column(experiences, c)[i]) for c in fp_cols) for i in experiences.index],
+                   index=experiences.index, dtype=object)
+    return name.where(name.notna() & (name.astype(str) != ""), "<unnamed " + fp + ">").astype(str)
+
+
+def relative_quality(values: pd.Series, groups: pd.Series, kind: str = "rank",
+                     min_runs: int = MIN_TASK_RUNS) -> pd.Series:
+    """``values`` (oriented, higher is better; NaN = no value) made relative within each group:
+    ``rank``: percentile ``(rank - 0.5) / n`` in (0, 1), ties averaged; ``zscore``: (v - mean) /
+    std (0 when every run scored the same); ``absolute``: unchanged. Groups with fewer than
+    ``min_runs`` values are NaN: one run has nothing to be ranked against."""
+    if kind not in QUALITY_TARGETS:
+        raise ValueError(f"unknown quality target {kind!r}; choose from {QUALITY_TARGETS}")
+    v = pd.to_numeric(values, errors="coerce").astype(float)
+    ok = v.notna()
+    counts = groups[ok].map(groups[ok].value_counts())
+    ok &= counts.reindex(v.index).fillna(0) >= min_runs
+    out = pd.Series(np.nan, index=v.index, dtype=float)
+    if not ok.any():
+        return out
+    vv, gg = v[ok], groups[ok]
+    if kind == "rank":
+        out[ok] = (vv.groupby(gg).rank(method="average") - 0.5) / vv.groupby(gg).transform("count")
+    elif kind == "zscore":
+        sd = vv.groupby(gg).transform(lambda x: x.std(ddof=0))
+        out[ok] = ((vv - vv.groupby(gg).transform("mean")) / sd.where(sd > 0)).fillna(0.0)
+    else:
+        out[ok] = vv
+    return out
+
+
+def _runtime(experiences: pd.DataFrame) -> pd.Series:
     total = pd.to_numeric(_column(experiences, "outcome_total_runtime_s"), errors="coerce")
     train = pd.to_numeric(_column(experiences, "outcome_train_runtime_s"), errors="coerce")
     ev = pd.to_numeric(_column(experiences, "outcome_eval_runtime_s"), errors="coerce").fillna(0.0)
-    rt = total.fillna(train + ev).astype(float)
+    return total.fillna(train + ev).astype(float)
+
+
+def runtime_target(experiences: pd.DataFrame) -> pd.Series:
+    """Wall time of completed runs (total, else training + evaluation)."""
+    rt = _runtime(experiences)
     return rt.where((_column(experiences, "status") == "completed") & (rt > 0))
+
+
+def fail_runtime_target(experiences: pd.DataFrame) -> pd.Series:
+    """Wall time of failed / oom / timeout runs that logged one (until they failed)."""
+    rt = _runtime(experiences)
+    return rt.where(_column(experiences, "status").isin(list(FAILED_STATUSES)) & (rt > 0))
 
 
 def energy_target(experiences: pd.DataFrame) -> pd.Series:
@@ -187,6 +267,33 @@ class _Encoder:
         return np.array([c in CATEGORICAL_FEATURES for c in self.columns], dtype=bool)
 
 
+def _fit_on(model: Any, X: np.ndarray, y: np.ndarray) -> Any:
+    """``model.fit`` on a subset of the training rows. A feature all-missing in the subset (e.g. a
+    column only completed runs have, for a model of failures) becomes a constant the trees never
+    split on: scikit-learn's binning cannot handle a column with no value at all."""
+    empty = np.isnan(X).all(axis=0)
+    if empty.any():
+        X = X.copy()
+        X[:, empty] = 0.0
+    return model.fit(X, y)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+class _Platt:
+    """A classifier whose probabilities pass through sigmoid(slope * logit(p) + intercept)."""
+
+    def __init__(self, model: Any, slope: float, intercept: float) -> None:
+        self.model, self.slope, self.intercept = model, slope, intercept
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        p = 1.0 / (1.0 + np.exp(-(self.slope * _logit(self.model.predict_proba(X)[:, 1]) + self.intercept)))
+        return np.column_stack([1 - p, p])
+
+
 class _Constant:
     """Stands in for a classifier when training saw one class only: the smoothed base rate."""
 
@@ -204,15 +311,25 @@ class Estimators:
 
     ``fit`` trains each estimator for which there are at least ``min_rows`` usable records; the
     others stay unfitted and predict NaN, so with an empty or tiny store the search runs zero-shot.
+    ``quality_target`` chooses how quality is made relative within a task (module docstring).
+    ``inner_folds`` is the number of folds of the grouped cross-validation inside ``fit`` (whole
+    tasks held out; whole models when the records have fewer than 3 tasks) that measures
+    ``quality_sd`` and calibrates ``p_fail`` / ``p_oom``; 0 skips it (``quality_sd`` is then the
+    target's spread and the failure probabilities are the boosted trees' own).
     """
 
     def __init__(self, quality_metric: str | None = None, min_rows: int = 8, random_state: int = 0,
-                 targets: Iterable[str] | None = None) -> None:
+                 targets: Iterable[str] | None = None, quality_target: str = "rank",
+                 inner_folds: int = 5) -> None:
         self.quality_metric = quality_metric
         self.wanted = list(targets) if targets is not None else list(PREDICTION_COLUMNS)
         unknown = set(self.wanted) - set(PREDICTION_COLUMNS)
         if unknown:
             raise ValueError(f"unknown estimator(s) {sorted(unknown)}; choose from {PREDICTION_COLUMNS}")
+        if quality_target not in QUALITY_TARGETS:
+            raise ValueError(f"unknown quality target {quality_target!r}; choose from {QUALITY_TARGETS}")
+        self.quality_target = quality_target
+        self.inner_folds = inner_folds
         self.quality_sign = 1.0
         self.min_rows = min_rows
         self.random_state = random_state
@@ -232,7 +349,13 @@ class Estimators:
 
     @property
     def fitted_targets(self) -> list[str]:
-        return [t for t in PREDICTION_COLUMNS if t in self.models]
+        """The prediction columns that are not all NaN."""
+        done = set(self.models)
+        if getattr(self, "quality_sd_", None) is not None:
+            done.add("quality_sd")
+        if getattr(self, "fail_runtime_source_", None) is not None:
+            done.add("fail_runtime_s")
+        return [t for t in PREDICTION_COLUMNS if t in done]
 
     def _regressor(self, n: int):
         from sklearn.ensemble import HistGradientBoostingRegressor
@@ -248,11 +371,16 @@ class Estimators:
             l2_regularization=1.0, categorical_features=self.encoder.categorical_mask,
             random_state=self.random_state)
 
-    def targets(self, experiences: pd.DataFrame) -> dict[str, pd.Series]:
-        """The training target of each estimator per record (NaN where a record cannot teach it)."""
+    def _quality_setup(self, experiences: pd.DataFrame) -> tuple[str | None, float]:
         metric = self.quality_metric or choose_quality_metric(experiences)
-        sign = quality_direction(experiences, metric) if metric else 1.0
-        return {"quality": quality_target(experiences, metric, sign), "runtime_s": runtime_target(experiences),
+        return metric, (quality_direction(experiences, metric) if metric else 1.0)
+
+    def targets(self, experiences: pd.DataFrame) -> dict[str, pd.Series]:
+        """The training target of each estimator per record (NaN where a record cannot teach it):
+        ``quality`` relative within its task (``quality_target``), the others as measured."""
+        metric, sign = self._quality_setup(experiences)
+        q = relative_quality(quality_target(experiences, metric, sign), task_keys(experiences), self.quality_target)
+        return {"quality": q, "runtime_s": runtime_target(experiences), "fail_runtime_s": fail_runtime_target(experiences),
                 "energy_kwh": energy_target(experiences), "p_fail": failure_target(experiences),
                 "p_oom": failure_target(experiences, ("oom",))}
 
@@ -272,6 +400,8 @@ class Estimators:
     def _fit(self, experiences: pd.DataFrame) -> "Estimators":
         exp = experiences.reset_index(drop=True)
         self.models, self.n_rows, self.target_means = {}, {}, {}
+        self.quality_sd_, self.quality_sd_source_, self.quality_tasks_ = None, None, 0
+        self.fail_runtime_source_, self.fail_runtime_ratio_ = None, None
         self.n_experiences = len(exp)
         self.model_meta = model_meta_from(exp)
         self.training_groups = {c: sorted(str(v) for v in _column(exp, c).dropna().unique())
@@ -286,7 +416,7 @@ class Estimators:
         self.encoder = _Encoder().fit(X)
         Xa = self.encoder.transform(X)
         y_all = self.targets(exp)
-        for name, transform in (("quality", None), ("runtime_s", np.log), ("energy_kwh", np.log)):
+        for name, log in (("quality", False), ("runtime_s", True), ("fail_runtime_s", True), ("energy_kwh", True)):
             if name not in self.wanted:
                 continue
             y = y_all[name]
@@ -296,9 +426,16 @@ class Estimators:
                 continue
             yt = y[ok].to_numpy(dtype=float)
             self.target_means[name] = float(yt.mean())
-            model = self._regressor(int(ok.sum()))
-            model.fit(Xa[ok], transform(yt) if transform else yt)
+            model = _fit_on(self._regressor(int(ok.sum())), Xa[ok], np.log(yt) if log else yt)
             self.models[name] = model
+        if "quality" in self.models:
+            tasks = task_keys(exp)[y_all["quality"].notna()]
+            self.quality_tasks_ = int(tasks.nunique())
+            if "quality_sd" in self.wanted:
+                self._fit_quality_sd(Xa, y_all["quality"], task_keys(exp))
+        if "fail_runtime_s" in self.wanted:
+            self._fit_fail_runtime(Xa, y_all["fail_runtime_s"])
+        self.calibration_ = {}
         for name in ("p_fail", "p_oom"):
             if name not in self.wanted:
                 continue
@@ -313,10 +450,80 @@ class Estimators:
                 # One class only (e.g. nothing ever failed): the smoothed rate, not a certainty.
                 self.models[name] = _Constant((yt.sum() + 0.5) / (len(yt) + 1.0))
             else:
-                model = self._classifier(int(ok.sum()))
-                model.fit(Xa[ok], yt)
-                self.models[name] = model
+                model = _fit_on(self._classifier(int(ok.sum())), Xa[ok], yt)
+                self.models[name] = self._calibrated(name, model, Xa[ok], yt, exp[ok])
         return self
+
+    @staticmethod
+    def _inner_groups(rows: pd.DataFrame) -> tuple[str, np.ndarray] | None:
+        """What the inner cross-validation holds out: whole tasks, else whole models, else nothing
+        (with fewer than 3 of either, a held-out figure would be one group's anecdote)."""
+        for by, labels in (("task_name", task_keys(rows)), ("model_name", _column(rows, "model_name").astype(str))):
+            if labels.nunique() >= 3:
+                return by, labels.to_numpy()
+        return None
+
+    def _calibrated(self, name: str, model: Any, X: np.ndarray, y: np.ndarray, rows: pd.DataFrame) -> Any:
+        """Platt scaling of a failure classifier on out-of-group predictions. Boosted trees on a few
+        hundred records are overconfident (held-out logit slopes of 0.2-0.75 on our data sets), and
+        the search reads these probabilities as probabilities (expected cost, near-certain skips)."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import GroupKFold
+        inner = self._inner_groups(rows)
+        if self.inner_folds < 2 or inner is None:
+            return model
+        held_out, groups = inner
+        oof = np.full(len(y), np.nan)
+        for tr, te in GroupKFold(n_splits=min(self.inner_folds, len(set(groups)))).split(X, groups=groups):
+            if len(tr) < self.min_rows or y[tr].min() == y[tr].max():
+                oof[te] = (y[tr].sum() + 0.5) / (len(tr) + 1.0)
+            else:
+                oof[te] = _fit_on(self._classifier(len(tr)), X[tr], y[tr]).predict_proba(X[te])[:, 1]
+        z = _logit(oof)
+        lr = LogisticRegression(C=1e4).fit(z[:, None], y)
+        slope, intercept = float(lr.coef_[0][0]), float(lr.intercept_[0])
+        if slope < 0.1:
+            # A non-positive slope from a few inner folds is noise more often than a model that
+            # ranks backwards: keep the ranking, damped hard, centred on the observed rate.
+            slope = 0.1
+            intercept = float(_logit(np.array([y.mean()]))[0] - slope * z.mean())
+        self.calibration_[name] = {"slope": slope, "intercept": intercept, "held_out": held_out}
+        return _Platt(model, slope, intercept)
+
+    def _fit_quality_sd(self, Xa: np.ndarray, y: pd.Series, tasks: pd.Series) -> None:
+        """``quality_sd_``: how far a quality prediction for an unseen task lands from the truth,
+        measured the way the search uses it (every task predicted by a model that never saw it)."""
+        from sklearn.model_selection import GroupKFold
+        ok = y.notna().to_numpy()
+        yt, g, Xq = y[ok].to_numpy(dtype=float), tasks[ok].to_numpy(), Xa[ok]
+        n_tasks = len(set(g))
+        if self.inner_folds >= 2 and n_tasks >= 3:
+            resid = np.full(len(yt), np.nan)
+            for tr, te in GroupKFold(n_splits=min(self.inner_folds, n_tasks)).split(Xq, groups=g):
+                if len(tr) < self.min_rows:
+                    continue
+                model = _fit_on(self._regressor(len(tr)), Xq[tr], yt[tr])
+                resid[te] = model.predict(Xq[te]) - yt[te]
+            if np.isfinite(resid).any():
+                self.quality_sd_ = float(np.sqrt(np.nanmean(resid ** 2)))
+                self.quality_sd_source_ = "grouped-cv"
+                return
+        # Too few tasks to hold one out: the target's own spread, i.e. assume the prediction
+        # knows no more than the mean does (wide, so the search explores rather than trusts).
+        self.quality_sd_ = float(np.std(yt)) if len(yt) > 1 else None
+        self.quality_sd_source_ = "target-spread" if self.quality_sd_ is not None else None
+
+    def _fit_fail_runtime(self, Xa: np.ndarray, y: pd.Series) -> None:
+        """``fail_runtime_s``: a regressor when enough failures logged their runtime (fitted in
+        the loop of ``_fit``), else the median ratio of a failure's runtime to the predicted
+        runtime of the same configuration had it completed."""
+        ok = y.notna().to_numpy()
+        if "fail_runtime_s" in self.models:
+            self.fail_runtime_source_ = "regressor"
+        elif ok.any() and "runtime_s" in self.models:
+            pred_ok = np.exp(self.models["runtime_s"].predict(Xa[ok]))
+            self.fail_runtime_ratio_ = float(np.median(y[ok].to_numpy(dtype=float) / pred_ok))
+            self.fail_runtime_source_ = "ratio"
 
     # -- prediction --
     def _with_model_meta(self, rows: pd.DataFrame) -> pd.DataFrame:
@@ -329,13 +536,18 @@ class Estimators:
             raw[c] = raw[c].where(raw[c].notna(), known) if c in raw.columns else known
         return raw
 
+    def features(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """The feature rows these estimators see for ``rows`` (model meta-data filled in from
+        training records): the input any other model compared with them should get."""
+        return feature_matrix(self._with_model_meta(rows))
+
     def predict(self, rows: pd.DataFrame) -> pd.DataFrame:
-        """Predictions per row (same index): quality, runtime_s, energy_kwh, p_fail, p_oom; NaN
-        for every estimator that is not fitted."""
+        """Predictions per row (same index), the columns of ``PREDICTION_COLUMNS`` (module
+        docstring); NaN for every estimator that is not fitted."""
         out = pd.DataFrame(np.nan, index=rows.index, columns=PREDICTION_COLUMNS, dtype=float)
         if not self.is_fitted or len(rows) == 0:
             return out
-        Xa = self.encoder.transform(feature_matrix(self._with_model_meta(rows)))
+        Xa = self.encoder.transform(self.features(rows))
         with threadpool_limits(limits=1, user_api="openmp"):
             self._predict_into(out, Xa)
         return out
@@ -343,9 +555,15 @@ class Estimators:
     def _predict_into(self, out: pd.DataFrame, Xa: np.ndarray) -> None:
         if "quality" in self.models:
             out["quality"] = self.models["quality"].predict(Xa)
+            if getattr(self, "quality_sd_", None) is not None:
+                out["quality_sd"] = self.quality_sd_
         for name in ("runtime_s", "energy_kwh"):
             if name in self.models:
                 out[name] = np.exp(self.models[name].predict(Xa))
+        if "fail_runtime_s" in self.models:
+            out["fail_runtime_s"] = np.exp(self.models["fail_runtime_s"].predict(Xa))
+        elif getattr(self, "fail_runtime_source_", None) == "ratio":
+            out["fail_runtime_s"] = self.fail_runtime_ratio_ * out["runtime_s"]
         for name in ("p_fail", "p_oom"):
             if name in self.models:
                 out[name] = self.models[name].predict_proba(Xa)[:, 1]
@@ -361,6 +579,11 @@ class Estimators:
             "numpy_version": np.__version__, "pandas_version": pd.__version__,
             "python_version": platform.python_version(),
             "quality_metric": self.quality_metric, "quality_sign": self.quality_sign,
+            "quality_target": self.quality_target, "quality_tasks": getattr(self, "quality_tasks_", 0),
+            "quality_sd": getattr(self, "quality_sd_", None), "quality_sd_source": getattr(self, "quality_sd_source_", None),
+            "fail_runtime": getattr(self, "fail_runtime_source_", None),
+            "fail_runtime_ratio": getattr(self, "fail_runtime_ratio_", None),
+            "failure_calibration": getattr(self, "calibration_", {}),
             "fitted_targets": self.fitted_targets, "n_rows": self.n_rows, "n_experiences": self.n_experiences,
             "features": self.encoder.columns,
             "categorical_features": [c for c in self.encoder.columns if c in CATEGORICAL_FEATURES],
@@ -406,138 +629,13 @@ class Estimators:
         return obj
 
 
-# ---- honest evaluation: grouped cross-validation -------------------------------------------
-def _group_labels(experiences: pd.DataFrame, group_by: str) -> pd.Series:
-    if group_by not in experiences.columns:
-        raise ValueError(f"cannot group by {group_by!r}: not a column of the experiences")
-    return experiences[group_by].astype(object).map(lambda v: "<none>" if v is None or pd.isna(v) else str(v))
+# ---- honest evaluation lives in xsearch.estimator_report (it imports this module) ----------
+_REPORT_NAMES = ("grouped_folds", "grouped_cv_report", "format_report")
 
 
-def grouped_folds(experiences: pd.DataFrame, group_by: str = "task_name",
-                  n_splits: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train positions, test positions) per fold; each group is in the test part of exactly one
-    fold and never in the training part of that fold."""
-    from sklearn.model_selection import GroupKFold
-    groups = _group_labels(experiences, group_by).to_numpy()
-    n_groups = len(set(groups))
-    if n_groups < 2:
-        raise ValueError(f"grouped cross-validation needs at least 2 distinct {group_by} values, found {n_groups}")
-    k = min(n_splits, n_groups)
-    return [(tr, te) for tr, te in GroupKFold(n_splits=k).split(np.zeros(len(groups)), groups=groups)]
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    from scipy.stats import spearmanr
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return None
-    return float(spearmanr(a, b).statistic)
-
-
-def _within(pred: np.ndarray, y: np.ndarray, groups: np.ndarray, min_size: int = 5) -> float | None:
-    vals = []
-    for g in np.unique(groups):
-        m = groups == g
-        if m.sum() >= min_size:
-            r = _spearman(pred[m], y[m])
-            if r is not None:
-                vals.append(r)
-    return float(np.mean(vals)) if vals else None
-
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-    if len(np.unique(y)) < 2:
-        return None
-    return float(roc_auc_score(y, p))
-
-
-def _mean_or_none(xs: list[float | None]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return float(np.mean(xs)) if xs else None
-
-
-def grouped_cv_report(experiences: pd.DataFrame, group_by: str = "task_name", n_splits: int = 5,
-                      random_state: int = 0, n_random: int = 20, targets: Iterable[str] | None = None,
-                      splitter: Callable[[pd.DataFrame], list[tuple[np.ndarray, np.ndarray]]] | None = None
-                      ) -> dict[str, Any]:
-    """Cross-validation that holds out whole groups (tasks or models): every record is predicted
-    by estimators trained without any record of its group. Figures are pooled over the folds:
-    quality and cost (runtime, energy) Spearman rank correlation and MAE against a mean
-    predictor (the training fold's mean) and a random ranker (random draws of training targets);
-    failure and OOM ROC-AUC against random scores. ``splitter`` replaces the grouped folds
-    (only to show what leakage would look like); ``targets`` limits the estimators evaluated."""
-    exp = experiences.reset_index(drop=True)
-    groups = _group_labels(exp, group_by).to_numpy()
-    folds = splitter(exp) if splitter else grouped_folds(exp, group_by, n_splits)
-    metric = choose_quality_metric(exp)  # a name only: the same target in every fold
-    sign = quality_direction(exp, metric) if metric else 1.0
-    truth = {t: y.to_numpy(dtype=float) for t, y in Estimators(quality_metric=metric).targets(exp).items()}
-    pred = {t: np.full(len(exp), np.nan) for t in PREDICTION_COLUMNS}
-    mean_pred = {t: np.full(len(exp), np.nan) for t in PREDICTION_COLUMNS}
-    rng = np.random.default_rng(random_state)
-    random_pred = {t: np.full((n_random, len(exp)), np.nan) for t in PREDICTION_COLUMNS}
-    fold_info = []
-    for i, (tr, te) in enumerate(folds):
-        est = Estimators(quality_metric=metric, random_state=random_state, targets=targets).fit(exp.iloc[tr])
-        trained_on = set(est.training_groups.get(group_by, [])) if group_by in ("task_name", "model_name") \
-            else set(groups[tr])
-        test_groups = set(groups[te])
-        fold_info.append({"fold": i, "n_train": int(len(tr)), "n_test": int(len(te)),
-                          "train_groups": sorted(trained_on), "test_groups": sorted(test_groups),
-                          "fitted_targets": est.fitted_targets})
-        p = est.predict(exp.iloc[te])
-        for t in PREDICTION_COLUMNS:
-            pred[t][te] = p[t].to_numpy()
-            y_tr = truth[t][tr]
-            y_tr = y_tr[~np.isnan(y_tr)]
-            if len(y_tr):
-                mean_pred[t][te] = y_tr.mean()
-                random_pred[t][:, te] = rng.choice(y_tr, size=(n_random, len(te))) if t not in ("p_fail", "p_oom") \
-                    else rng.random((n_random, len(te)))
-    results: dict[str, Any] = {}
-    for t in ("quality", "runtime_s", "energy_kwh"):
-        ok = ~np.isnan(truth[t]) & ~np.isnan(pred[t])
-        y, g = truth[t][ok], groups[ok]
-        entry: dict[str, Any] = {"n": int(ok.sum())}
-        if ok.sum():
-            entry["model"] = {"spearman": _spearman(pred[t][ok], y), "spearman_within_group": _within(pred[t][ok], y, g),
-                              "mae": float(np.mean(np.abs(pred[t][ok] - y)))}
-            entry["mean"] = {"spearman": None, "spearman_within_group": None,
-                             "mae": float(np.nanmean(np.abs(mean_pred[t][ok] - y)))}
-            rp = random_pred[t][:, ok]
-            entry["random"] = {"spearman": _mean_or_none([_spearman(r, y) for r in rp]),
-                               "spearman_within_group": _mean_or_none([_within(r, y, g) for r in rp]),
-                               "mae": float(np.nanmean(np.abs(rp - y)))}
-        results[t] = entry
-    for t in ("p_fail", "p_oom"):
-        ok = ~np.isnan(truth[t]) & ~np.isnan(pred[t])
-        y = truth[t][ok].astype(int)
-        entry = {"n": int(ok.sum()), "positives": int(y.sum())}
-        if ok.sum():
-            entry["model"] = {"roc_auc": _auc(y, pred[t][ok])}
-            entry["mean"] = {"roc_auc": _auc(y, mean_pred[t][ok]) if len(np.unique(y)) > 1 else None}
-            entry["random"] = {"roc_auc": _mean_or_none([_auc(y, r) for r in random_pred[t][:, ok]])}
-        results[t] = entry
-    return {"group_by": group_by, "n_splits": len(folds), "n_records": len(exp), "n_groups": len(set(groups)),
-            "quality_metric": metric, "quality_sign": sign, "targets": results, "folds": fold_info}
-
-
-def format_report(report: Mapping[str, Any]) -> str:
-    """A plain-text table of a grouped CV report."""
-    def f(v: Any) -> str:
-        # Three significant digits for large and tiny values (energy MAEs are ~1e-4 kWh).
-        return "n/a" if v is None else (f"{v:.3g}" if abs(v) >= 100 or 0 < abs(v) < 0.01 else f"{v:.3f}")
-    q = report.get("quality_metric") or "none"
-    sign = " (negated: lower is better)" if report.get("quality_sign", 1.0) < 0 else ""
-    lines = [f"Grouped CV holding out whole {report['group_by']} groups: {report['n_groups']} groups, "
-             f"{report['n_splits']} folds, {report['n_records']} records; quality = {q}{sign}",
-             f"{'target':<11} {'figure':<22} {'model':>9} {'mean':>9} {'random':>9} {'n':>6}"]
-    for t, entry in report["targets"].items():
-        if "model" not in entry:
-            lines.append(f"{t:<11} {'(no data)':<22} {'':>9} {'':>9} {'':>9} {entry['n']:>6}")
-            continue
-        keys = ("roc_auc",) if t.startswith("p_") else ("spearman", "spearman_within_group", "mae")
-        for k in keys:
-            lines.append(f"{t:<11} {k:<22} {f(entry['model'].get(k)):>9} {f(entry['mean'].get(k)):>9} "
-                         f"{f(entry['random'].get(k)):>9} {entry['n']:>6}")
-    return "\n".join(lines)
+def __getattr__(name: str) -> Any:
+    # ``from xsearch.estimators import grouped_cv_report`` keeps working without a circular import.
+    if name in _REPORT_NAMES:
+        from . import estimator_report
+        return getattr(estimator_report, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

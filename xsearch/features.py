@@ -33,7 +33,7 @@ HW_CATEGORICAL = ["hw_accelerator", "hw_gpu_name"]
 # Derived features: scale-free quantities that let the estimators generalise to tasks and
 # models they have not seen (compute and memory grow with these products, not with any one column).
 DERIVED_NUMERIC = ["log_lr", "log_n_params", "log_n_train", "ft_layers_frac", "log_work", "log_act_memory",
-                   "act_memory_per_gb", "seq_over_tokens"]
+                   "act_memory_per_gb", "seq_over_tokens", "log_mem_need_gb", "mem_need_per_gb", "seq_over_positions"]
 
 NUMERIC_FEATURES = TASK_NUMERIC + MODEL_NUMERIC + CONFIG_NUMERIC + HW_NUMERIC + DERIVED_NUMERIC
 CATEGORICAL_FEATURES = TASK_CATEGORICAL + MODEL_CATEGORICAL + CONFIG_CATEGORICAL + HW_CATEGORICAL
@@ -104,6 +104,21 @@ def feature_matrix(rows: pd.DataFrame) -> pd.DataFrame:
     mem = df["hw_gpu_memory_gb"].where(df["hw_gpu_memory_gb"] > 0, df["hw_ram_gb"])
     df["act_memory_per_gb"] = _log(act / mem)
     df["seq_over_tokens"] = seq / df["task_tokens_mean"]
+    # Training memory in GB, weights + optimizer state + activations, so that a model's size and a
+    # batch x sequence product add up the way they do on the device (a 7B model runs out of memory
+    # at batch 1, a small one only at a large batch x sequence). Bytes per parameter: fp32 weights (4)
+    # + gradients and Adam moments (12) for the trained fraction. Activations per layer ~
+    # s*b*h*(34 + 5*heads*s/h) bytes (Korthikanti et al. 2022); heads default to h/64.
+    trained = np.where(method == "full", 1.0, np.where(is_partial, df["ft_layers_frac"].fillna(0.5), 0.02))
+    weights = df["model_n_params"] * (4.0 + 12.0 * trained)
+    heads = df["model_n_heads"].fillna(df["model_hidden_size"] / 64.0)
+    act_bytes = df["train_batch_size"] * seq * df["model_n_layers"] \
+        * (34.0 * df["model_hidden_size"] + 5.0 * heads * seq)
+    need_gb = (weights + act_bytes) / 1e9
+    df["log_mem_need_gb"] = _log(need_gb)
+    df["mem_need_per_gb"] = _log(need_gb / mem)
+    # A sequence longer than the model's position table fails (or is silently truncated).
+    df["seq_over_positions"] = df["train_max_seq_length"] / df["model_max_positions"]
     return df[FEATURES]
 
 
