@@ -302,3 +302,19 @@ def test_resume_after_killing_the_search_reruns_nothing_finished(tmp_path):
     assert {o.record_id for o in journalled} == finished_before
     assert len(result.evaluations) > len(finished_before)  # and it went on with new candidates
     assert result.used_s >= float(man["used_s"])  # the budget used before the kill still counts
+
+
+def test_failure_heavy_imported_experience_does_not_stop_the_search(tmp_path):
+    """A store of another system's GPU runs (89% failed, runtimes of ~800 s per run) must not rule
+    out every candidate of a small CPU task: transferred runtimes only order candidates until a
+    run calibrates them, so the search uses its budget and ends with a leaderboard."""
+    from xlog.importers.autogoal import import_autogoal
+    home = tmp_path / "home"
+    summary = import_autogoal(REPO / "benchmarks" / "data" / "xautolm_dev" / "experience_store", LocalStore(home))
+    assert summary.imported >= 100
+    result, paths = run_search(data=str(SMS), budget_s=45.0, space_path=str(TINY), out_dir=str(tmp_path / "out"),
+                               store_root=str(home), seed=1, max_train=120, max_eval=60, energy=False,
+                               max_candidate_s=20)
+    assert len([e for e in result.evaluations if e.outcome.ok]) >= 1
+    assert result.stop_reason in ("time_budget", "max_evals") or result.used_s >= 0.8 * 45.0
+    assert pd.read_csv(paths["leaderboard"]).shape[0] == len(result.evaluations)
