@@ -110,3 +110,114 @@ def test_schema_has_description_and_unit_for_every_field():
         if name.endswith("_gb"):
             assert unit == "GB"
     assert "| `energy_kwh` |" in S.markdown_table()
+
+
+# ---- bounds (issue 12, item 3): physically meaningful limits, enforced at write and validate ----
+YEAR_S = 365.25 * 24 * 3600
+OUT_OF_BOUNDS = {  # example -> (fields, field the problem names)
+    "F1 = 5": (dict(outcome_metrics={"eval_f1": 5.0, "eval_loss": 0.3}), "outcome_metrics[eval_f1]"),
+    "accuracy in percent": (dict(outcome_metrics={"eval_accuracy": 88.5}), "outcome_metrics[eval_accuracy]"),
+    "primary F1 = 5": (dict(outcome_primary_metric="eval_f1", outcome_primary_value=5.0), "outcome_primary_value"),
+    "n_params = 9e18": (dict(model_n_params=9 * 10**18), "model_n_params"),
+    "negative runtime": (dict(outcome_train_runtime_s=-3.0), "outcome_train_runtime_s"),
+    "runtime over a year": (dict(outcome_total_runtime_s=2 * YEAR_S), "outcome_total_runtime_s"),
+    "1e9 kWh": (dict(energy_kwh=1e9), "energy_kwh"),
+    "fraction 1.5": (dict(ft_trainable_fraction=1.5), "ft_trainable_fraction"),
+    "negative count": (dict(task_n_train=-1), "task_n_train"),
+    "10 MB task_name": (dict(task_name="a" * 10_000_000), "task_name"),
+    "long error message": (dict(error_message="x" * 5000), "error_message"),
+    "long module name": (dict(peft_target_modules=["q", "v" * 1000]), "peft_target_modules"),
+}
+
+
+@pytest.mark.parametrize("example", list(OUT_OF_BOUNDS))
+def test_out_of_bounds_records_are_refused_at_write(tmp_path, example):
+    fields, name = OUT_OF_BOUNDS[example]
+    store = LocalStore(tmp_path)
+    with pytest.raises(S.ValidationError) as e:
+        store.write(record(**fields))
+    assert f"{name}:" in str(e.value)
+    assert len(str(e.value)) < 1000  # the message names the problem; it does not echo 10 MB
+    assert store.files() == []
+
+
+def test_out_of_bounds_files_fail_validate_naming_file_record_and_field(tmp_path):
+    from click.testing import CliRunner
+
+    from xlog.cli import main
+    files = {}
+    for i, (example, (fields, name)) in enumerate(OUT_OF_BOUNDS.items()):
+        rec = record(**fields)
+        path = tmp_path / f"case{i}.parquet"
+        pq.write_table(S.records_to_table([rec]), path)  # planted: not through LocalStore.write
+        files[path] = (name, rec["record_id"][:8])
+    res = CliRunner().invoke(main, ["validate", str(tmp_path)])
+    assert res.exit_code == 1
+    assert f"0 valid, {len(files)} invalid" in res.output
+    blocks = res.output.split("INVALID ")[1:]
+    for path, (name, rid) in files.items():
+        [block] = [b for b in blocks if b.startswith(str(path))]
+        assert f"row 0 (record {rid}): {name}:" in block, block
+        assert "not a readable Parquet file" not in block  # a schema problem is called one
+
+
+def test_bounds_keep_what_is_meaningful():
+    ok = [dict(outcome_metrics={"eval_loss": 5.0, "eval_bleu": 35.2, "eval_f1": 1.0, "eval_accuracy": 0.0}),
+          dict(outcome_primary_metric="eval_loss", outcome_primary_value=7.5),
+          dict(outcome_primary_metric="eval_perplexity", outcome_primary_value=120.0),
+          dict(outcome_primary_metric="eval_f1", outcome_primary_value=0.93),
+          dict(model_n_params=70 * 10**9, outcome_total_runtime_s=30 * 24 * 3600.0, energy_kwh=5e4),
+          dict(task_name="n" * 256, outcome_train_loss=-0.5)]
+    for fields in ok:
+        assert S.validate_record(record(**fields)) == [], fields
+
+
+def test_every_field_has_bounds_in_the_json_schema():
+    doc = S.load_json_schema(1)
+    for name, p in doc["properties"].items():
+        types = p["type"] if isinstance(p["type"], list) else [p["type"]]
+        if p.get("unit") in ("fraction", "probability"):
+            assert (p.get("minimum"), p.get("maximum")) == (0, 1), name
+        if ("integer" in types or "number" in types) and name not in (
+                "schema_version", "train_seed", "outcome_primary_value", "outcome_train_loss"):
+            assert p.get("minimum") is not None and p.get("maximum") is not None, name
+        if "string" in types and "enum" not in p and p.get("format") != "date-time":
+            assert p.get("maxLength"), name
+    assert doc["properties"]["model_n_params"]["maximum"] == 1e13
+    assert doc["properties"]["outcome_total_runtime_s"]["maximum"] == YEAR_S
+    table = S.markdown_table()  # the README's table shows the bounds
+    assert "| `ft_trainable_fraction` | number | fraction | [0, 1] |" in table
+    assert "| `task_name` | string |  | <= 256 chars |" in table
+
+
+def test_derived_validator_agrees_with_a_json_schema_implementation():
+    """The validator is derived from the JSON Schema: a reference implementation of the standard
+    gives the same verdict on every bound example (and on valid records)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    import json
+    doc = S.load_json_schema(1)
+    check = jsonschema.Draft202012Validator(doc)
+    cases = [fields for fields, _ in OUT_OF_BOUNDS.values()]
+    cases += [dict(outcome_primary_metric="eval_loss", outcome_primary_value=7.5),
+              dict(outcome_metrics={"eval_bleu": 35.0, "eval_exact_match": 0.5}), {}]
+    for fields in cases:
+        rec = record(**fields)
+        as_json = json.loads(json.dumps({k: v for k, v in rec.items() if v is not None}, default=str))
+        ours = S.validate_record(rec) == []
+        theirs = check.is_valid(as_json)
+        assert ours == theirs, (fields, S.validate_record(rec), [e.message for e in check.iter_errors(as_json)])
+
+
+def test_private_data_is_scrubbed_at_write(tmp_path, caplog):
+    store = LocalStore(tmp_path)
+    rec = record(task_name="x@y.org", contributor="me@host.com", task_domain="./secret/dir",
+                 error_message="cannot open ../x/y/secret.txt", hw_cpu_model="Xeon token=abcdef123456")
+    path = store.write(rec)
+    [back] = store.records()
+    assert back["task_name"] is None and back["contributor"] is None  # nothing public was left
+    assert back["task_domain"] == "dir" and back["error_message"] == "cannot open <path>/secret.txt"
+    assert back["hw_cpu_model"] == "Xeon token=<token>"
+    raw = path.read_bytes()
+    for needle in (b"y.org", b"host.com", b"./secret", b"../x", b"abcdef123456"):
+        assert needle not in raw, needle
+    assert "task_name" in caplog.text and "contributor" in caplog.text  # said so, field by field

@@ -23,7 +23,7 @@ from .energy import EnergyMeter
 from .failure import classify_exception, error_fields
 from .hardware import probe_hardware
 from .modelfeatures import compute_model_features
-from .privacy import scrub_text
+from .privacy import scrub_text, scrub_user_value
 from .store import LocalStore
 from .taskfeatures import DEFAULT_MAX_SAMPLE, compute_task_features
 from .trainfeatures import compute_train_features
@@ -70,7 +70,9 @@ class XLogCallback(TrainerCallback):
     Add it with one line: ``Trainer(..., callbacks=[XLogCallback()])``. Every argument is optional.
 
     Args:
-        task_name, task_type, language, domain: describe the task (public, user-chosen strings).
+        task_name, task_type, language, domain: describe the task (public, user-chosen strings:
+            private data in them, such as an e-mail address or a path, is scrubbed with a
+            ``PrivacyWarning``; at most 256 characters).
         contributor: optional public name for shared records (default: ``$XLOG_CONTRIBUTOR`` or anonymous).
         search_id: id of the search this run belongs to (default: ``$XLOG_SEARCH_ID``).
         store: store root directory or ``LocalStore`` (default: ``$XLOG_HOME`` or ``~/.cache/xlog``).
@@ -92,10 +94,13 @@ class XLogCallback(TrainerCallback):
                  primary_metric: str | None = None, greater_is_better: bool | None = None,
                  energy: bool = True, country_iso_code: str | None = None, max_seq_length: int | None = None,
                  model_name: str | None = None, extra_secrets: tuple[str, ...] = ()):
-        self.user = {"task_name": task_name or os.environ.get("XLOG_TASK_NAME"), "task_type": task_type,
-                     "task_language": language, "task_domain": domain}
-        self.contributor = contributor or os.environ.get("XLOG_CONTRIBUTOR") or None
-        self.search_id = search_id or os.environ.get("XLOG_SEARCH_ID") or None
+        # User-given strings are public once pushed: scrubbed now (a PrivacyWarning says what
+        # changed), as LocalStore.write, `xlog validate`, push and pull check them again.
+        self.user = {k: scrub_user_value(k, v) for k, v in (
+            ("task_name", task_name or os.environ.get("XLOG_TASK_NAME")), ("task_type", task_type),
+            ("task_language", language), ("task_domain", domain))}
+        self.contributor = scrub_user_value("contributor", contributor or os.environ.get("XLOG_CONTRIBUTOR"))
+        self.search_id = scrub_user_value("search_id", search_id or os.environ.get("XLOG_SEARCH_ID"))
         self.store = store if isinstance(store, LocalStore) else LocalStore(store)
         self.text_column, self.label_column = text_column, label_column
         self.max_sample = max_sample

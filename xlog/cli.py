@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+import pyarrow.parquet as pq
 
 from . import __version__
 from . import schema as S
-from .store import LocalStore, read_and_validate
+from .store import LocalStore
 
 LS_COLUMNS = [("record_id", 8), ("created_at", 16), ("status", 11), ("task_name", 18), ("model_name", 24),
               ("ft_method", 8), ("outcome_primary_metric", 14), ("outcome_primary_value", 7),
@@ -116,26 +117,30 @@ def show_cmd(store: LocalStore, record_id: str, as_json: bool) -> None:
 
 
 def _validate_path(path: Path) -> list[str]:
+    """Every problem of a record file: schema, bounds, string lengths and private data."""
+    from .privacy import record_leaks, table_leaks
     if path.suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             return [f"cannot read JSON: {exc}"]
         recs = data if isinstance(data, list) else [data]
-        return [f"record {i}: {p}" for i, r in enumerate(recs) for p in S.validate_record(r)]
+        if not all(isinstance(r, dict) for r in recs):
+            return ["not a JSON record (an object) or a list of records"]
+        return [f"record {i}: {p}" for i, r in enumerate(recs)
+                for p in S.validate_record(r) + record_leaks(r)]
     try:
-        read_and_validate(path)
-    except S.ValidationError as exc:
-        return exc.problems
+        table = pq.read_table(path)
     except Exception as exc:
         return [f"not a readable Parquet file ({type(exc).__name__}: {exc})"]
-    return []
+    return S.validate_table(table) + table_leaks(table)
 
 
 @main.command("validate")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 def validate_cmd(paths: tuple[Path, ...]) -> None:
-    """Check Parquet (or JSON) record files against the schema; exits 1 if any is invalid."""
+    """Check Parquet (or JSON) record files: schema, bounds, string lengths and private data
+    (paths, e-mail addresses, tokens, user and host names); exits 1 if any is invalid."""
     files: list[Path] = []
     for p in paths:
         files.extend(sorted(x for x in p.rglob("*") if x.suffix in (".parquet", ".json")) if p.is_dir() else [p])

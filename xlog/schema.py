@@ -31,6 +31,24 @@ class Field:
     enum: tuple | None
     minimum: float | None
     maximum: float | None
+    # Size limits (JSON Schema maxLength; maxItems of arrays and maxProperties of objects; the
+    # maxLength of array items and of property names) and, for objects, bounds of the values
+    # whose name matches a pattern (patternProperties), as (pattern, minimum, maximum, why).
+    max_length: int | None = None
+    max_items: int | None = None
+    item_max_length: int | None = None
+    key_max_length: int | None = None
+    key_bounds: tuple[tuple[str, float | None, float | None, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A record-level rule (JSON Schema ``if``/``then`` in ``allOf``): when every property of
+    ``when`` is present and matches, the bounds of ``then`` apply. Only the keywords the schema
+    uses are supported (``pattern`` in ``if``; ``minimum``/``maximum`` in ``then``)."""
+    description: str
+    when: tuple[tuple[str, str], ...]  # (field, pattern)
+    then: tuple[tuple[str, float | None, float | None], ...]  # (field, minimum, maximum)
 
 
 @lru_cache(maxsize=None)
@@ -51,10 +69,66 @@ def fields(version: int = CURRENT_VERSION) -> tuple[Field, ...]:
         types = p["type"] if isinstance(p["type"], list) else [p["type"]]
         json_type = next(t for t in types if t != "null")
         enum = tuple(e for e in p["enum"] if e is not None) if "enum" in p else None
+        items = p.get("items") or {}
+        key_bounds = tuple((pat, sub.get("minimum"), sub.get("maximum"), sub.get("description", ""))
+                           for pat, sub in (p.get("patternProperties") or {}).items())
         out.append(Field(name, json_type, name in required, p.get("description", ""),
                          p.get("unit"), p.get("group", ""), p.get("format"), enum,
-                         p.get("minimum"), p.get("maximum")))
+                         p.get("minimum"), p.get("maximum"),
+                         max_length=p.get("maxLength"), max_items=p.get("maxItems", p.get("maxProperties")),
+                         item_max_length=items.get("maxLength"),
+                         key_max_length=(p.get("propertyNames") or {}).get("maxLength"),
+                         key_bounds=key_bounds))
     return tuple(out)
+
+
+@lru_cache(maxsize=None)
+def rules(version: int = CURRENT_VERSION) -> tuple[Rule, ...]:
+    """The record-level rules of a schema version (its ``allOf`` of ``if``/``then``)."""
+    out = []
+    for r in load_json_schema(version).get("allOf", []):
+        cond, then = r.get("if", {}), r.get("then", {})
+        unsupported = (set(cond) - {"required", "properties"}) | (set(then) - {"properties"})
+        if unsupported:
+            raise ValueError(f"record schema v{version}: unsupported keyword(s) {sorted(unsupported)} in allOf")
+        when = tuple((name, sub["pattern"]) for name, sub in cond.get("properties", {}).items())
+        bounds = tuple((name, sub.get("minimum"), sub.get("maximum"))
+                       for name, sub in then.get("properties", {}).items())
+        out.append(Rule(r.get("description", ""), when, bounds))
+    return tuple(out)
+
+
+@lru_cache(maxsize=None)
+def _regex(pattern: str) -> re.Pattern:
+    return re.compile(pattern)
+
+
+def _bounds_problem(name: str, v: Any, lo: float | None, hi: float | None, why: str = "") -> str | None:
+    if lo is not None and v < lo:
+        return f"{name}: {v!r} is below the minimum {_num(lo)}{why}"
+    if hi is not None and v > hi:
+        return f"{name}: {v!r} is above the maximum {_num(hi)}{why}"
+    return None
+
+
+def _lower_first(s: str) -> str:
+    return s[:1].lower() + s[1:]
+
+
+def _show(v: Any, limit: int = 60) -> str:
+    """``repr`` of a value, shortened: a message never carries a 10 MB string."""
+    r = repr(v)
+    return r if len(r) <= limit else r[: limit - 5] + "...'" + f" ({len(v) if hasattr(v, '__len__') else len(r)} chars)"
+
+
+def _num(v: float) -> str:
+    """A bound as people write it: 1, 0.5, 1000, 31557600, 1e13."""
+    f = float(v)
+    if f >= 1e4 and math.log10(f).is_integer():
+        return f"1e{int(math.log10(f))}"
+    if f.is_integer() and abs(f) < 1e15:
+        return str(int(f))
+    return f"{f:.6g}"
 
 
 def field_names(version: int = CURRENT_VERSION) -> list[str]:
@@ -119,7 +193,7 @@ def _check_value(f: Field, v: Any) -> str | None:
         if not isinstance(v, str):
             return f"{f.name}: expected a string, got {type(v).__name__}"
         if f.fmt == "uuid" and not _UUID_RE.match(v):
-            return f"{f.name}: {v!r} is not a UUID"
+            return f"{f.name}: {_show(v)} is not a UUID"
     elif t == "integer":
         if isinstance(v, bool) or not isinstance(v, int):
             if not (hasattr(v, "dtype") and str(getattr(v, "dtype")).startswith(("int", "uint"))):
@@ -145,12 +219,33 @@ def _check_value(f: Field, v: Any) -> str | None:
             if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x)):
                 return f"{f.name}[{k}]: {x!r} is not a finite number"
     if f.enum is not None and v not in f.enum:
-        return f"{f.name}: {v!r} is not one of {', '.join(map(str, f.enum))}"
+        return f"{f.name}: {_show(v)} is not one of {', '.join(map(str, f.enum))}"
     if t in ("integer", "number"):
-        if f.minimum is not None and v < f.minimum:
-            return f"{f.name}: {v!r} is below the minimum {f.minimum}"
-        if f.maximum is not None and v > f.maximum:
-            return f"{f.name}: {v!r} is above the maximum {f.maximum}"
+        return _bounds_problem(f.name, v, f.minimum, f.maximum)
+    if t == "string" and f.max_length is not None and isinstance(v, str) and len(v) > f.max_length:
+        return f"{f.name}: {len(v)} characters, longer than the maximum {f.max_length}"
+    if t == "array":
+        if f.max_items is not None and len(v) > f.max_items:
+            return f"{f.name}: {len(v)} items, more than the maximum {f.max_items}"
+        if f.item_max_length is not None:
+            long = next((x for x in v if len(x) > f.item_max_length), None)
+            if long is not None:
+                return f"{f.name}: an item of {len(long)} characters, longer than the maximum {f.item_max_length}"
+    if t == "object":
+        pairs = list(items)
+        if f.max_items is not None and len(pairs) > f.max_items:
+            return f"{f.name}: {len(pairs)} entries, more than the maximum {f.max_items}"
+        for k, x in pairs:
+            if f.key_max_length is not None and len(k) > f.key_max_length:
+                return f"{f.name}: a name of {len(k)} characters, longer than the maximum {f.key_max_length}"
+            if x is None:
+                continue
+            for pattern, lo, hi, why in f.key_bounds:
+                if _regex(pattern).search(k):
+                    note = f" ({_lower_first(why).rstrip('.')})" if why else ""
+                    p = _bounds_problem(f"{f.name}[{k}]", x, lo, hi, note)
+                    if p:
+                        return p
     return None
 
 
@@ -175,6 +270,16 @@ def validate_record(rec: Mapping[str, Any], version: int | None = None) -> list[
         p = _check_value(f, v)
         if p:
             problems.append(p)
+    for rule in rules(int(version)):
+        if all(isinstance(rec.get(name), str) and _regex(pat).search(rec[name]) for name, pat in rule.when):
+            why = " (" + ", ".join(f"{name} {_show(rec[name])}" for name, _ in rule.when) + ": " \
+                + _lower_first(rule.description).rstrip(".") + ")"
+            for name, lo, hi in rule.then:
+                v = rec.get(name)
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    p = _bounds_problem(name, v, lo, hi, why)
+                    if p:
+                        problems.append(p)
     return problems
 
 
@@ -208,8 +313,13 @@ def validate_table(table: pa.Table) -> list[str]:
         return problems
     for i, row in enumerate(table_to_records(table)):
         for p in validate_record(row):
-            problems.append(f"row {i}: {p}")
+            problems.append(f"{row_label(i, row.get('record_id'))}: {p}")
     return problems
+
+
+def row_label(i: int, record_id: Any) -> str:
+    """How problems name a row of a file: its index and record id (first 8 characters)."""
+    return f"row {i} (record {str(record_id)[:8]})" if isinstance(record_id, str) and record_id else f"row {i}"
 
 
 def _compatible(got: pa.DataType, want: pa.DataType) -> bool:
@@ -275,15 +385,40 @@ def new_record_id() -> str:
     return str(uuid.uuid4())
 
 
+def bounds_text(f: Field) -> str:
+    """A field's bounds and size limits for people: ``[0, 1]``, ``>= 0``, ``<= 256 chars``."""
+    parts = []
+    if f.minimum is not None and f.maximum is not None:
+        parts.append(f"[{_num(f.minimum)}, {_num(f.maximum)}]")
+    elif f.minimum is not None:
+        parts.append(f">= {_num(f.minimum)}")
+    elif f.maximum is not None:
+        parts.append(f"<= {_num(f.maximum)}")
+    if f.max_length is not None and f.fmt != "uuid":
+        parts.append(f"<= {f.max_length} chars")
+    if f.json_type == "array" and f.max_items is not None:
+        parts.append(f"<= {f.max_items} items of <= {f.item_max_length} chars")
+    if f.json_type == "object":
+        if f.max_items is not None:
+            parts.append(f"<= {f.max_items} entries, names <= {f.key_max_length} chars")
+        for pattern, lo, hi, _ in f.key_bounds:
+            parts.append(f"values whose name matches `{pattern}` in [{_num(lo)}, {_num(hi)}]")
+    return "; ".join(parts)
+
+
 def markdown_table(version: int = CURRENT_VERSION) -> str:
     """The field reference as a Markdown table, generated from the schema (used in the README)."""
-    lines = ["| field | type | unit | description |", "|---|---|---|---|"]
+    lines = ["| field | type | unit | bounds | description |", "|---|---|---|---|---|"]
+    conditional = {name: r for r in rules(version) for name, _, _ in r.then}
     group = None
     for f in fields(version):
         if f.group != group:
             group = f.group
-            lines.append(f"| **{group}** | | | |")
+            lines.append(f"| **{group}** | | | | |")
         t = f.json_type + (" (" + f.fmt + ")" if f.fmt else "") + (", required" if f.required else "")
         desc = f.description + (" One of: " + ", ".join(f"`{e}`" for e in f.enum) + "." if f.enum else "")
-        lines.append(f"| `{f.name}` | {t} | {f.unit or ''} | {desc.replace('|', '/')} |")
+        if f.name in conditional:
+            desc += " " + conditional[f.name].description
+        bounds = bounds_text(f).replace("|", "\\|")  # a pipe inside a table cell is escaped
+        lines.append(f"| `{f.name}` | {t} | {f.unit or ''} | {bounds} | {desc.replace('|', '/')} |")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import schema as S
+from .privacy import scrub_record
 
 log = logging.getLogger("xlog")
 
@@ -128,8 +129,14 @@ class LocalStore:
         return self.records_dir / created.strftime("%Y-%m") / f"{rec['record_id']}.parquet"
 
     def write(self, rec: Mapping[str, Any]) -> Path:
-        """Validate a record and write it atomically as its own Parquet file."""
-        S.check_record(rec)
+        """Scrub private data from a record's strings (with a warning naming each field), validate
+        it (schema, bounds, string lengths) and write it atomically as its own Parquet file."""
+        S.check_record(rec)  # scrubbing never makes an invalid record (say a 10 MB name) valid
+        rec, scrubbed = scrub_record(rec)
+        for line in scrubbed:
+            log.warning("xlog: record %s: %s; scrubbed before it was stored", rec.get("record_id", "?"), line)
+        if scrubbed:
+            S.check_record(rec)
         table = S.records_to_table([rec], int(rec["schema_version"]))
         return write_parquet_atomic(table, self.path_for(rec))
 
@@ -192,3 +199,83 @@ class LocalStore:
 
     def write_many(self, records: Iterable[Mapping[str, Any]]) -> list[Path]:
         return [self.write(r) for r in records]
+
+
+# ---- local record files validated once (xsearch.db reads only these) ------------------------------
+VALIDATED_FILE = "validated.json"
+
+
+_fingerprint: list[str] = []  # computed once per process: the validator this process loaded
+
+
+def _validator_fingerprint() -> str:
+    """Changes whenever what ``read_and_validate`` accepts may change: the schema documents and the
+    modules that check records (a cached verdict from another validator is not trusted)."""
+    import hashlib
+    from importlib import resources
+
+    if _fingerprint:
+        return _fingerprint[0]
+    h = hashlib.sha256()
+    schema_dir = resources.files("xlog.schema_files")
+    for name in sorted(p.name for p in schema_dir.iterdir() if p.name.endswith(".json")):
+        h.update(name.encode() + b"\0" + schema_dir.joinpath(name).read_bytes())
+    here = Path(__file__).resolve().parent
+    for module in ("schema.py", "store.py", "privacy.py"):
+        if (here / module).is_file():
+            h.update(module.encode() + b"\0" + (here / module).read_bytes())
+    _fingerprint.append(h.hexdigest())
+    return _fingerprint[0]
+
+
+def validated_record_files(store: LocalStore) -> list[Path]:
+    """The local record files that pass ``read_and_validate``, checking each file once.
+
+    A file that fails is quarantined with the reason, exactly as ``LocalStore.load_tables`` (``xlog ls``,
+    push) does, and left out. Valid files are remembered by identity (path inside the store, size,
+    mtime_ns) in ``$XLOG_HOME/validated.json``, together with a fingerprint of the validator (schema
+    documents and checking code), so the next call, in any process, validates only new or rewritten
+    files, and a changed schema or validator validates everything again. That file is only a cache:
+    when it is missing, corrupt or cannot be written (a read-only store), files are validated again;
+    a bad file that cannot be moved (read-only store) is left out with a warning.
+    """
+    import json
+
+    cache_path = store.root / VALIDATED_FILE
+    fingerprint = _validator_fingerprint()
+    known: dict[str, list[int]] = {}
+    try:
+        doc = json.loads(cache_path.read_text(encoding="utf-8"))
+        if isinstance(doc, dict) and doc.get("validator") == fingerprint and isinstance(doc.get("files"), dict):
+            known = doc["files"]
+    except (OSError, ValueError):
+        pass
+    good: list[Path] = []
+    now: dict[str, list[int]] = {}
+    for path in iter_parquet_files(store.records_dir):
+        try:
+            st = path.stat()
+            key, ident = path.relative_to(store.root).as_posix(), [st.st_size, st.st_mtime_ns]
+            if known.get(key) != ident:
+                read_and_validate(path)
+        except FileNotFoundError:
+            continue  # removed by a concurrent process between listing and reading
+        except BadRecordFile as exc:
+            try:
+                store.quarantine(path, str(exc))
+            except FileNotFoundError:
+                pass  # a concurrent process moved it first
+            except OSError as move_exc:
+                msg = f"xlog: left out {path.name} (invalid: {exc}); it could not be quarantined: {move_exc}"
+                warnings.warn(msg, QuarantineWarning, stacklevel=2)
+                log.warning(msg)
+            continue
+        now[key] = ident
+        good.append(path)
+    if now != known:
+        try:
+            data = json.dumps({"validator": fingerprint, "files": now}, separators=(",", ":")).encode()
+            write_bytes_atomic(cache_path, data)
+        except OSError:
+            pass  # a read-only store: validate again next time
+    return good

@@ -1,10 +1,13 @@
 """Push local records to a remote and pull (mirror) a remote into the local store root.
 
-Push: validate the records not yet in the ledger, encode them into content-addressed files
-(see ``layout``), record the plan as pending, send everything in ONE commit, then mark the
-records pushed. Pull: download the data files the mirror lacks, verify each against the hash
-in its name and the schema, and move it into ``$XLOG_HOME/remotes/<slug>/`` atomically; a bad
-file is quarantined (``LocalStore.quarantine``) and remembered, never loaded, never fatal.
+Push: validate the records not yet in the ledger, scrub private data from the copies to
+publish (``privacy.scrub_record``; local files are never modified), encode them into
+content-addressed files (see ``layout``), record the plan as pending, send everything in ONE
+commit, then mark the records pushed. Pull: download the data files the mirror lacks, verify
+each against the hash in its name, the schema (bounds and string lengths included) and the
+privacy check, and move it into ``$XLOG_HOME/remotes/<slug>/`` atomically; a bad file is
+quarantined (``LocalStore.quarantine``) with the reason naming its rows and fields, and
+remembered, never loaded, never fatal.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import pyarrow.parquet as pq
 
 from .. import schema as S
 from ..ledger import Ledger
+from ..privacy import scrub_record, table_leaks
 from ..store import BadRecordFile, LocalStore, read_and_validate
 from . import Remote, RemoteError
 from . import layout as L
@@ -38,6 +42,7 @@ class PushResult:
     already_on_remote: int = 0  # files found on the remote (an earlier push that died after its commit)
     recovered_records: int = 0  # records of a pending push confirmed on the remote
     invalid: list[str] = field(default_factory=list)  # quarantined local files
+    scrubbed: list[str] = field(default_factory=list)  # "record <id>: <field>: ..." scrubbed in the pushed copy
     commit: str | None = None
     dry_run: bool = False
 
@@ -94,6 +99,27 @@ def _read_candidates(store: LocalStore, pushed: set[str], progress: bool, result
     return records
 
 
+def _scrub_for_push(records: list[dict], result: PushResult, log: Callable[[str], None]) -> list[dict]:
+    """The copies to publish, scrubbed of private data (the local files stay as they are). A
+    record that would still be invalid after scrubbing is left out, and said so."""
+    out = []
+    for r in records:
+        clean, problems = scrub_record(r)
+        if not problems:
+            out.append(r)
+            continue
+        rid = str(r.get("record_id"))[:8]
+        result.scrubbed.extend(f"record {rid}: {p}" for p in problems)
+        for p in problems:
+            log(f"record {rid}: {p}: scrubbed in the pushed copy")
+        invalid = S.validate_record(clean)
+        if invalid:  # e.g. a scrubbed name now longer than allowed: publish nothing of it
+            log(f"record {rid}: not pushed: invalid once scrubbed: " + _some(invalid))
+            continue
+        out.append(clean)
+    return out
+
+
 def push(remote: Remote, store: LocalStore | None = None, *, private: bool = False, dry_run: bool = False,
          contributor: Any = KEEP, progress: bool = True, rows_per_file: int = L.ROWS_PER_FILE,
          log: Callable[[str], None] = lambda s: None) -> PushResult:
@@ -116,6 +142,7 @@ def push(remote: Remote, store: LocalStore | None = None, *, private: bool = Fal
         records = _read_candidates(store, pushed, progress, result)
         if contributor is not KEEP:
             records = [{**r, "contributor": contributor} for r in records]
+        records = _scrub_for_push(records, result, log)
         plan = L.plan_files(records, rows_per_file)
         result.new_records = len(records)
         result.files = {p: len(ids) for p, (_, ids) in plan.items()}
@@ -174,9 +201,17 @@ def _check_file(path: Path, remote_path: str) -> int:
         raise ValueError(f"not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
     problems = L.validate_for_read(table)
     if problems:
-        raise ValueError("schema violations: " + "; ".join(problems[:10])
-                         + (f" (+{len(problems) - 10} more)" if len(problems) > 10 else ""))
+        raise ValueError("schema violations: " + _some(problems))
+    # This machine's user and host names say nothing about a file written elsewhere: the check
+    # is for what identifies anyone (paths, e-mail addresses, URLs, tokens).
+    leaks = table_leaks(table, identity=False)
+    if leaks:
+        raise ValueError("private data: " + _some(leaks))
     return table.num_rows
+
+
+def _some(problems: list[str], n: int = 10) -> str:
+    return "; ".join(problems[:n]) + (f" (+{len(problems) - n} more)" if len(problems) > n else "")
 
 
 def pull(remote: Remote, store: LocalStore | None = None, *, progress: bool = True,
