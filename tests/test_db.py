@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -135,3 +136,179 @@ def test_sql_cli_formats(tmp_path, make_records):
     assert r.exit_code == 0 and r.output.splitlines()[0] == "status" and len(r.output.splitlines()) == 5
     r = run(xsearch_main, ["sql", "DROP VIEW experiences", "--home", str(home.root)])
     assert r.exit_code == 1 and "read-only" in r.output
+
+
+# ---- issue 12, item 1: read-only by construction, bounded in time and memory ---------------------
+def _snapshot(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _store_with_ledger(tmp_path, make_records, n=3):
+    home = LocalStore(tmp_path / "h")
+    home.write_many(make_records(n, seed=11))
+    (home.root / "ledger.sqlite").write_bytes(b"SQLite format 3\x00 pretend ledger")
+    db.connect(home.root)  # the first connection writes the store's validation cache (validated.json)
+    return home
+
+
+def test_explain_analyze_copy_probe_writes_nothing(tmp_path, make_records):
+    """The probe of issue 12: EXPLAIN ANALYZE COPY ... TO the ledger (or a record) ran the COPY."""
+    home = _store_with_ledger(tmp_path, make_records)
+    record = home.files()[0]
+    before = _snapshot(home.root)
+    probes = [
+        f"EXPLAIN ANALYZE COPY (SELECT 'x') TO '{home.root}/ledger.sqlite'",
+        f"EXPLAIN ANALYZE COPY (SELECT * FROM experiences LIMIT 1) TO '{record}' (FORMAT parquet)",
+        f"COPY (SELECT * FROM experiences LIMIT 1) TO '{record}' (FORMAT parquet)",
+        f"/* hi */ explain -- there\n analyze /* and here */ COPY (SELECT 'x') TO '{home.root}/ledger.sqlite'",
+        f"EXPLAIN (ANALYZE, FORMAT json) COPY (SELECT 'x') TO '{home.root}/ledger.sqlite'",
+        f"EXPLAIN ANALYZE EXPLAIN ANALYZE COPY (SELECT 'x') TO '{home.root}/ledger.sqlite'",
+        f"SELECT 1; COPY (SELECT 'x') TO '{home.root}/ledger.sqlite'",
+        "EXPLAIN ANALYZE CREATE TABLE t AS SELECT 1",
+    ]
+    for sql in probes:
+        with pytest.raises(db.ReadOnlyQueryError):
+            db.query(sql, home.root)
+    r = CliRunner().invoke(xsearch_main, ["sql", probes[0], "--home", str(home.root)])
+    assert r.exit_code == 1 and "read-only" in r.output, r.output
+    assert _snapshot(home.root) == before  # byte-identical, and no new file
+
+
+@pytest.mark.parametrize("sql", [
+    "COPY (SELECT 1) TO '{home}/records/x.csv'", "COPY experiences TO '{home}/out.parquet'",
+    "ATTACH '{home}/other.db'", "ATTACH ':memory:' AS m", "DETACH m", "INSTALL json", "LOAD json", "FORCE INSTALL httpfs",
+    "SET memory_limit = '100GB'", "SET GLOBAL lock_configuration = false", "RESET memory_limit", "PRAGMA threads = 8",
+    "PRAGMA version", "CALL pragma_version()", "CALL checkpoint()",
+    "CREATE VIEW x AS SELECT 1", "CREATE MACRO m(a) AS a", "CREATE SECRET s (TYPE s3)",
+    "INSERT INTO experiences (record_id) VALUES ('x')", "UPDATE experiences SET status = 'x'", "DELETE FROM experiences",
+    "ALTER VIEW experiences RENAME TO e", "VACUUM", "CHECKPOINT", "EXPORT DATABASE '{home}/dump'", "USE memory",
+    "PIVOT experiences ON status", "BEGIN TRANSACTION", "PREPARE p AS SELECT 1",
+    "SELECT 1; SELECT 2", "SELECT 1;;SELECT 2", "WITH a AS (SELECT 1) SELECT * FROM a; DROP VIEW experiences",
+    "EXPLAIN SELECT 1; DROP VIEW experiences", "EXPLAIN DELETE FROM experiences", "EXPLAIN ANALYZE DROP VIEW experiences",
+    "WITH a AS (SELECT 1) INSERT INTO experiences (record_id) SELECT 'x'", "",
+    "SELECT * FROM read_text('{home}/ledger.sqlite')", "SELECT * FROM read_blob('{home}/ledger.sqlite')",
+    "SELECT * FROM read_csv('{home}/ledger.sqlite')", "SELECT * FROM glob('{home}/*')",
+    "SELECT * FROM glob('{home}/records/*/*')", "SELECT * FROM read_parquet('{home}/records/*/*.parquet')",
+    "SELECT * FROM read_text('/etc/hostname')", "SELECT * FROM read_csv('/etc/passwd')", "SELECT * FROM glob('/etc/*')",
+])
+def test_everything_but_reading_the_store_is_refused(tmp_path, make_records, sql):
+    home = _store_with_ledger(tmp_path, make_records, n=2)
+    before = _snapshot(home.root)
+    con = db.connect(home.root)
+    with pytest.raises(db.ReadOnlyQueryError):
+        db.query(sql.format(home=home.root), con=con)
+    assert db.query("SELECT count(*) FROM experiences", con=con).column(0)[0].as_py() == 2
+    assert _snapshot(home.root) == before
+
+
+def test_the_query_table_function_runs_no_other_statement(tmp_path, make_records):
+    home = _store_with_ledger(tmp_path, make_records, n=2)
+    before = _snapshot(home.root)
+    with pytest.raises((db.ReadOnlyQueryError, duckdb.ParserException)):  # DuckDB's query() takes only a SELECT
+        db.query(f"SELECT * FROM query('COPY (SELECT 1) TO ''{home.root}/q.csv''')", home.root)
+    assert _snapshot(home.root) == before
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT count(*) FROM experiences", "select count(*) from experiences;", "FROM experiences SELECT count(*)",
+    "/* a comment */ WITH a AS (SELECT * FROM experiences) SELECT count(*) FROM a -- trailing",
+    "EXPLAIN SELECT count(*) FROM experiences", "EXPLAIN ANALYZE SELECT count(*) FROM task_best",
+    "explain (analyze) (SELECT count(*) FROM experiences)", "EXPLAIN -- c\n ANALYZE /* d */ SELECT 1 -- e", "DESCRIBE experiences", "SUMMARIZE SELECT status FROM experiences",
+    "SELECT * FROM (PIVOT experiences ON status IN ('completed', 'failed') USING count(*) GROUP BY task_name)",
+])
+def test_reading_queries_still_work(tmp_path, make_records, sql):
+    home = LocalStore(tmp_path / "h")
+    home.write_many(make_records(3, seed=12))
+    assert db.query(sql, home.root).num_rows >= 1
+
+
+_FOREVER = "SELECT count(*) FROM range(1000000000000)"  # range(1e12): 1e12 is a DOUBLE, which range() refuses
+
+
+def test_a_query_that_runs_forever_is_stopped_and_the_connection_stays_usable(tmp_path, make_records):
+    home = LocalStore(tmp_path / "h")
+    home.write_many(make_records(2, seed=13))
+    con = db.connect(home.root)
+    with pytest.raises(db.QueryLimitError, match="time limit"):
+        db.query(_FOREVER, con=con, timeout_s=0.5)
+    assert db.query("SELECT count(*) FROM experiences", con=con).column(0)[0].as_py() == 2
+    r = CliRunner().invoke(xsearch_main, ["sql", _FOREVER, "--home", str(home.root), "--timeout", "0.5"])
+    assert r.exit_code == 1 and "time limit" in r.output and "--timeout" in r.output, r.output
+
+
+def test_a_query_is_bounded_in_memory(tmp_path, make_records):
+    home = LocalStore(tmp_path / "h")
+    home.write_many(make_records(2, seed=14))
+    big = "SELECT count(*) FROM (SELECT i % 5000000 AS k, count(*) FROM range(10000000) r(i) GROUP BY 1)"
+    con = db.connect(home.root, memory_limit="32MB")
+    with pytest.raises(db.QueryLimitError, match="memory"):
+        db.query(big, con=con)
+    assert db.query("SELECT count(*) FROM experiences", con=con).column(0)[0].as_py() == 2
+    r = CliRunner().invoke(xsearch_main, ["sql", big, "--home", str(home.root), "--memory-limit", "32MB"])
+    assert r.exit_code == 1 and "memory" in r.output and "--memory-limit" in r.output, r.output
+    with pytest.raises(ValueError):
+        db.query("SELECT 1", con=con, memory_limit="2GB")  # a connection's memory limit is fixed when it opens
+
+
+# ---- issue 12, item 5: invalid local files never reach the views -----------------------------------
+def _write_invalid(store: LocalStore, make_records) -> dict[str, str]:
+    """Three invalid record files written behind the store's back: {file name: what is wrong}."""
+    bad = {}
+    for i, (col, arr, why) in enumerate([("train_learning_rate", pa.array(["fast"]), "train_learning_rate"),
+                                         ("outcome_primary_value", pa.array([float("inf")]), "finite"),
+                                         ("status", pa.array(["weird"]), "weird")]):
+        rec = make_records(1, seed=100 + i, status="completed", outcome_primary_metric="eval_f1",
+                           outcome_primary_value=0.5, error_type=None, error_message=None)[0]
+        t = S.records_to_table([rec])
+        t = t.set_column(t.column_names.index(col), col, arr)
+        path = store.path_for(rec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(t, path)
+        bad[path.name] = why
+    return bad
+
+
+def test_sql_first_quarantines_invalid_local_files(tmp_path, make_records):
+    from xsearch.estimators import Estimators, load_experiences
+    store = LocalStore(tmp_path / "h")
+    good = make_records(40, seed=15)
+    store.write_many(good)
+    bad = _write_invalid(store, make_records)
+    with pytest.warns(UserWarning, match="quarantined"):
+        r = CliRunner().invoke(xsearch_main, ["sql", "SELECT count(*) AS n FROM experiences", "--home",
+                                              str(store.root), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output[r.output.index("["):]) == [{"n": 40}]
+    for name, why in bad.items():
+        assert not any(p.name == name for p in store.files())
+        (moved,) = store.quarantine_dir.rglob(name)
+        assert why in moved.with_name(name + ".reason.txt").read_text()
+    types = dict(db.query("SELECT column_name, column_type FROM (DESCRIBE experiences)", store.root)
+                 .to_pandas().itertuples(index=False))
+    assert types["train_learning_rate"] == "DOUBLE" and types["outcome_primary_value"] == "DOUBLE"
+    assert types["status"] == "VARCHAR"
+    assert set(db.query("SELECT record_id FROM experiences", store.root).column(0).to_pylist()) == \
+        {r["record_id"] for r in good}
+    Estimators().fit(load_experiences(store.root))
+
+
+def test_local_files_are_validated_once(tmp_path, make_records, monkeypatch):
+    import xlog.store as xstore
+    store = LocalStore(tmp_path / "h")
+    store.write_many(make_records(5, seed=16))
+    assert _n("SELECT count(*) FROM experiences", store.root) == 5
+    calls = []
+    real = xstore.read_and_validate
+    monkeypatch.setattr(xstore, "read_and_validate", lambda p: calls.append(p) or real(p))
+    assert _n("SELECT count(*) FROM experiences", store.root) == 5
+    assert calls == []  # remembered across connections (and processes: the cache is a file in the store)
+    new = make_records(1, seed=17)[0]
+    store.write(new)
+    assert _n("SELECT count(*) FROM experiences", store.root) == 6
+    assert [p.name for p in calls] == [f"{new['record_id']}.parquet"]
+    # A file rewritten in place (other size / mtime) is validated again, and quarantined if now invalid.
+    t = S.records_to_table([new])
+    t = t.set_column(t.column_names.index("status"), "status", pa.array(["weird"]))
+    pq.write_table(t, store.path_for(new))
+    with pytest.warns(UserWarning, match="quarantined"):
+        assert _n("SELECT count(*) FROM experiences", store.root) == 5

@@ -67,18 +67,24 @@ def register(main: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of row objects.")
     @click.option("--csv", "as_csv", is_flag=True, help="Print CSV with a header row.")
     @click.option("--limit", type=int, default=50, show_default=True, help="Rows shown in the text table.")
-    def sql_cmd(sql: str, home: str | None, as_json: bool, as_csv: bool, limit: int) -> None:
+    @click.option("--timeout", "timeout_s", type=click.FloatRange(0, min_open=True), default=30.0,
+                  show_default=True, metavar="SECONDS", help="Stop the query after this long.")
+    @click.option("--memory-limit", default="1GB", show_default=True, metavar="SIZE",
+                  help="Most memory DuckDB may use for the query (e.g. 512MB, 4GB); nothing spills to disk.")
+    def sql_cmd(sql: str, home: str | None, as_json: bool, as_csv: bool, limit: int, timeout_s: float,
+                memory_limit: str) -> None:
         """Run a read-only SQL query over the local store and everything pulled.
 
         Views: experiences (one row per run), completed_runs, task_best, failures_by_cause,
-        failure_rates_by_model, pareto_time, pareto_energy.
+        failure_rates_by_model, pareto_time, pareto_energy. One SELECT (or WITH ... SELECT, or
+        EXPLAIN [ANALYZE] of one) is accepted; DuckDB may only read the store's record files.
         """
         from xsearch import db
         if as_json and as_csv:
             raise click.UsageError("--json and --csv exclude each other")
         try:
-            table = db.query(sql, home)
-        except db.ReadOnlyQueryError as exc:
+            table = db.query(sql, home, timeout_s=timeout_s, memory_limit=memory_limit)
+        except (db.ReadOnlyQueryError, db.QueryLimitError) as exc:
             raise click.ClickException(str(exc))
         except Exception as exc:  # a SQL error (unknown column, syntax): show DuckDB's message
             raise click.ClickException(f"query failed: {exc}")

@@ -6,15 +6,28 @@
 ones may add some), always has at least the current schema's columns (an empty store gives zero
 rows with those columns), and keeps one row per ``record_id`` (a local copy wins over a pulled
 one; duplicates are found once, at connect). The helper views come from ``schema/views.sql``.
+Local files are validated before they enter the views, each file once
+(``xlog.store.validated_record_files``): an invalid one is quarantined, as ``xlog ls`` and push do.
+Pulled files were validated when they arrived.
 
-The connection is locked down before it is returned: DuckDB may only read files inside the
-store, may not install or load extensions, and its configuration is locked. ``query`` /
-``relation`` / ``to_pandas`` also accept only one SELECT (or WITH ... SELECT, or EXPLAIN)
-statement, and raise ``ReadOnlyQueryError`` for anything else.
+Read-only by construction, in two independent layers:
+
+* the connection: a fresh in-memory database whose views are created first; then DuckDB may open
+  exactly the record files the views name (``allowed_paths``, and no directory, so no other file, in
+  the store or outside it, can be read, written, created or globbed), external access is off,
+  extensions cannot be installed or loaded, spilling to disk is off, and the configuration is locked;
+* the statement: ``query`` / ``relation`` / ``to_pandas`` accept exactly one SELECT statement
+  (``WITH ... SELECT``, ``FROM ...``, ``DESCRIBE``, ``SUMMARIZE`` included), or ``EXPLAIN`` /
+  ``EXPLAIN ANALYZE`` of one, judged by DuckDB's own parser, and raise ``ReadOnlyQueryError``
+  for anything else (this is also what keeps the record files themselves from being written).
+
+Bounded: ``query`` / ``to_pandas`` stop a query after ``timeout_s`` (default 30 s) and the connection
+has a ``memory_limit`` (default 1 GB); both raise ``QueryLimitError``, and the connection stays usable.
 """
 from __future__ import annotations
 
 import os
+import threading
 from importlib import resources
 from pathlib import Path
 
@@ -23,15 +36,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xlog import schema as S
-from xlog.store import LocalStore, iter_parquet_files
+from xlog.store import LocalStore, iter_parquet_files, validated_record_files
+
+__all__ = ["DEFAULT_MEMORY_LIMIT", "DEFAULT_TIMEOUT_S", "QueryLimitError", "ReadOnlyQueryError", "check_read_only",
+           "connect", "query", "record_files", "relation", "to_pandas", "views_sql"]
 
 REMOTES_DIR = "remotes"
-_ALLOWED = {"SELECT", "EXPLAIN"}
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MEMORY_LIMIT = "1GB"
 _footer_ok: dict[tuple[str, int, int], bool] = {}  # (path, mtime_ns, size) -> readable, per process
 
 
 class ReadOnlyQueryError(ValueError):
     """A statement given to ``xsearch sql`` would write, attach, install, or read outside the store."""
+
+
+class QueryLimitError(RuntimeError):
+    """A query ran past its time limit or needed more memory than its limit, and was stopped."""
 
 
 def _readable(path: Path) -> bool:
@@ -47,23 +68,21 @@ def _readable(path: Path) -> bool:
 
 
 def record_files(home: str | os.PathLike | None = None) -> tuple[list[Path], list[Path]]:
-    """(local files, pulled files) with a readable Parquet footer; unreadable local files are
-    quarantined (pulled ones were validated when they arrived and are only skipped)."""
+    """(local files, pulled files) that the views read. Local files are validated (once per file:
+    ``xlog.store.validated_record_files``) and invalid ones quarantined; pulled ones were validated
+    when they arrived and are only skipped when their Parquet footer is unreadable."""
     store = LocalStore(home)
-    local: list[Path] = []
-    for p in iter_parquet_files(store.records_dir):
-        try:
-            if _readable(p):
-                local.append(p)
-            else:
-                store.quarantine(p, "unreadable Parquet file (bad footer)")
-        except FileNotFoundError:
-            continue
+    local = validated_record_files(store)
     pulled: list[Path] = []
     remotes = store.root / REMOTES_DIR
     if remotes.is_dir():
         for mirror in sorted(d for d in remotes.iterdir() if d.is_dir() and not d.name.startswith(".")):
-            pulled.extend(p for p in iter_parquet_files(mirror / "data") if _readable(p))
+            for p in iter_parquet_files(mirror / "data"):
+                try:
+                    if _readable(p):
+                        pulled.append(p)
+                except FileNotFoundError:
+                    continue
     return local, pulled
 
 
@@ -75,12 +94,26 @@ def views_sql() -> str:
     return resources.files("xlog.schema_files").joinpath("views.sql").read_text(encoding="utf-8")
 
 
-def connect(home: str | os.PathLike | None = None, lock: bool = True) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with ``experiences`` and the helper views (module docstring)."""
+def connect(home: str | os.PathLike | None = None, lock: bool = True, *,
+            memory_limit: str = DEFAULT_MEMORY_LIMIT, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with ``experiences`` and the helper views (module docstring).
+
+    ``memory_limit`` (DuckDB syntax: ``"1GB"``, ``"512MB"``) bounds the memory DuckDB may use for a
+    query; nothing spills to disk, so a query that needs more fails with ``QueryLimitError`` (through
+    ``query``). ``threads`` is DuckDB's worker thread count (default: the machine's cores).
+    ``lock=False`` leaves the connection unlocked: for trusted code only, never for user SQL."""
     store = LocalStore(home)
     root = store.root.resolve()
     local, pulled = record_files(root)
-    con = duckdb.connect(":memory:")
+    config: dict = {"memory_limit": str(memory_limit), "temp_directory": ""}
+    if threads is not None:
+        if int(threads) < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
+        config["threads"] = int(threads)
+    try:
+        con = duckdb.connect(":memory:", config=config)
+    except duckdb.Error as exc:
+        raise ValueError(f"invalid DuckDB limits (memory_limit={memory_limit!r}, threads={threads!r}): {exc}") from exc
     # The empty table typed with the current schema guarantees its columns exist in the view.
     con.register("_xlog_empty", pa.table({n: pa.array([], type=f.type) for n, f in
                                           zip(S.arrow_schema().names, S.arrow_schema())}))
@@ -104,50 +137,174 @@ def connect(home: str | os.PathLike | None = None, lock: bool = True) -> duckdb.
         WHERE NOT EXISTS (SELECT 1 FROM _xlog_dup d WHERE d.record_id = a.record_id AND d._file = a._file)""")
     con.execute(views_sql())
     if lock:
-        con.execute(f"SET allowed_directories = ['{str(root).rstrip('/')}/']")
+        # Exactly the files the views read, no directory: DuckDB's allowed paths also allow writing,
+        # so a directory here would let a statement that slipped through write into the store.
+        con.execute(f"SET allowed_paths = {_sql_list(local + pulled)}")
+        con.execute("SET allowed_directories = []")
         con.execute("SET enable_external_access = false")
+        con.execute("SET python_enable_replacements = false")
         con.execute("SET autoinstall_known_extensions = false")
         con.execute("SET autoload_known_extensions = false")
+        con.execute("SET allow_community_extensions = false")
+        con.execute("SET allow_persistent_secrets = false")
         con.execute("SET lock_configuration = true")
     return con
 
 
-def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Raise ``ReadOnlyQueryError`` unless ``sql`` is exactly one SELECT/EXPLAIN statement."""
+# ---- the statement check -------------------------------------------------------------------------
+def _kind(statement) -> str:
+    return str(statement.type).rsplit(".", 1)[-1]
+
+
+def _explained(text: str) -> str:
+    """The statement an ``EXPLAIN [ANALYZE] ...`` / ``EXPLAIN (options) ...`` wraps, cut out of ``text``
+    with DuckDB's tokenizer (comments anywhere). Whatever the cut, the result must then parse as one
+    SELECT on its own, so a wrong cut can only refuse a query, never let a write through."""
+    every = duckdb.tokenize(text)
+    spans = [(pos, end, kind) for (pos, kind), end in zip(every, [p for p, _ in every[1:]] + [len(text)])]
+    tokens = [(pos, kind) for pos, _, kind in spans if kind != duckdb.token_type.comment]
+    ends = [end for _, end, kind in spans if kind != duckdb.token_type.comment]
+
+    def word(i: int) -> str:
+        return text[tokens[i][0]:ends[i]].strip().upper()
+
+    if not tokens or word(0) != "EXPLAIN":
+        raise ReadOnlyQueryError("cannot tell which statement EXPLAIN wraps")
+    i = 1
+    if i < len(tokens) and word(i) in ("ANALYZE", "ANALYSE"):
+        i += 1
+    elif i < len(tokens) and word(i).startswith("("):  # an option list, or a parenthesized statement
+        depth, j = 0, i
+        while j < len(tokens):
+            if tokens[j][1] == duckdb.token_type.operator:
+                depth += word(j).count("(") - word(j).count(")")
+            j += 1
+            if depth <= 0:
+                break
+        rest = [k for k in range(j, len(tokens)) if word(k) != ";"]
+        if rest:  # EXPLAIN (ANALYZE, FORMAT json) SELECT ...
+            i = j
+    if i >= len(tokens):
+        raise ReadOnlyQueryError("EXPLAIN of nothing")
+    return text[tokens[i][0]:]
+
+
+def _check(con: duckdb.DuckDBPyConnection, sql: str, depth: int = 0) -> None:
     try:
         stmts = con.extract_statements(sql)
     except duckdb.Error as exc:
         raise ReadOnlyQueryError(f"cannot parse the query: {exc}") from exc
     if len(stmts) != 1:
         raise ReadOnlyQueryError(f"give exactly one statement (got {len(stmts)}); xsearch sql is read-only")
-    kind = str(stmts[0].type).rsplit(".", 1)[-1]
-    if kind not in _ALLOWED:
-        raise ReadOnlyQueryError(f"{kind} statements are refused: xsearch sql is read-only (SELECT, WITH ... "
-                                 "SELECT and EXPLAIN only; no writes, COPY, ATTACH, INSTALL/LOAD or SET)")
+    kind = _kind(stmts[0])
+    if kind == "EXPLAIN" and depth < 3:
+        try:
+            return _check(con, _explained(stmts[0].query), depth + 1)
+        except ReadOnlyQueryError as exc:
+            raise ReadOnlyQueryError(f"EXPLAIN of a statement that is refused: {exc}") from exc
+    if kind != "SELECT":
+        raise ReadOnlyQueryError(f"{kind} statements are refused: xsearch sql is read-only (one SELECT, WITH ... "
+                                 "SELECT, or EXPLAIN [ANALYZE] of one; no writes, COPY, ATTACH, INSTALL/LOAD, "
+                                 "SET/RESET/PRAGMA or CALL)")
 
 
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Raise ``ReadOnlyQueryError`` unless ``sql`` is exactly one SELECT statement, or an EXPLAIN /
+    EXPLAIN ANALYZE of one (DuckDB's parser decides; comments and CTEs are fine)."""
+    _check(con, sql)
+
+
+# ---- running a query -----------------------------------------------------------------------------
 def relation(sql: str, home: str | os.PathLike | None = None,
              con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyRelation:
-    """A DuckDB relation for a read-only query over the store."""
+    """A DuckDB relation for a read-only query over the store. It runs when the caller fetches it,
+    without ``query``'s time limit: give untrusted SQL to ``query`` instead."""
     con = con or connect(home)
     check_read_only(con, sql)
     try:
         return con.sql(sql)
     except duckdb.PermissionException as exc:
-        raise ReadOnlyQueryError(f"refused: the query reads files outside the store or needs an extension "
+        raise ReadOnlyQueryError(f"refused: the query reads a file that is not one of the store's record files, "
+                                 f"or needs an extension "
                                  f"({exc})") from exc
 
 
-def query(sql: str, home: str | os.PathLike | None = None,
-          con: duckdb.DuckDBPyConnection | None = None) -> pa.Table:
-    """Run a read-only query; returns an Arrow table."""
-    rel = relation(sql, home, con)
+def _arrow(rel: duckdb.DuckDBPyRelation | None) -> pa.Table:
+    if rel is None:
+        return pa.table({})
+    return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _stop(con: duckdb.DuckDBPyConnection, worker: threading.Thread) -> None:
+    while worker.is_alive():  # interrupt again until it lands (a query may not have started yet)
+        con.interrupt()
+        worker.join(0.05)
+
+
+def query(sql: str, home: str | os.PathLike | None = None, con: duckdb.DuckDBPyConnection | None = None, *,
+          timeout_s: float | None = DEFAULT_TIMEOUT_S, memory_limit: str | None = None) -> pa.Table:
+    """Run a read-only query; returns an Arrow table.
+
+    The query runs in a worker thread and is interrupted after ``timeout_s`` seconds (None: no limit);
+    ``memory_limit`` applies to the connection this call opens (default ``DEFAULT_MEMORY_LIMIT``): with
+    ``con``, set it in ``connect``. Over either limit: ``QueryLimitError``, and ``con`` stays usable."""
+    if timeout_s is not None and not timeout_s > 0:
+        raise ValueError(f"timeout_s must be positive (or None for no limit), not {timeout_s!r}")
+    if con is not None and memory_limit is not None:
+        raise ValueError("memory_limit is fixed when a connection opens: pass it to db.connect(), not with con=")
+    if con is not None:
+        return _run(con, sql, timeout_s)
+    own = connect(home, memory_limit=memory_limit or DEFAULT_MEMORY_LIMIT)
     try:
-        return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
-    except duckdb.PermissionException as exc:
-        raise ReadOnlyQueryError(f"refused: the query reads files outside the store ({exc})") from exc
+        return _run(own, sql, timeout_s)
+    finally:
+        own.close()
 
 
-def to_pandas(sql: str, home: str | os.PathLike | None = None, con: duckdb.DuckDBPyConnection | None = None):
-    """Run a read-only query; returns a pandas DataFrame."""
-    return query(sql, home, con).to_pandas()
+def _run(con: duckdb.DuckDBPyConnection, sql: str, timeout_s: float | None) -> pa.Table:
+    check_read_only(con, sql)
+    box: dict = {}
+
+    def work() -> None:
+        try:
+            box["table"] = _arrow(con.sql(sql))
+        except BaseException as exc:  # handed to the calling thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name="xsearch-sql", daemon=True)
+    worker.start()
+    try:
+        worker.join(timeout_s)
+    except BaseException:  # Ctrl-C while waiting: stop the query too
+        _stop(con, worker)
+        raise
+    timed_out = worker.is_alive()
+    _stop(con, worker)
+    if "table" in box:
+        return box["table"]
+    exc = box.get("error")
+    if timed_out:
+        raise QueryLimitError(f"the query was stopped at its time limit ({timeout_s:g} s); narrow it, or raise "
+                              "the limit (xsearch sql --timeout SECONDS, db.query(timeout_s=...))") from exc
+    if isinstance(exc, duckdb.InterruptException):
+        raise QueryLimitError("the query was interrupted") from exc
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        raise QueryLimitError(f"the query needs more memory than its limit ({limit}) and was stopped; narrow it, "
+                              "or raise the limit (xsearch sql --memory-limit SIZE, db.connect(memory_limit=...)): "
+                              f"{_first_line(exc)}") from exc
+    if isinstance(exc, duckdb.PermissionException):
+        raise ReadOnlyQueryError(f"refused: the query reads a file that is not one of the store's record files "
+                                 f"({_first_line(exc)})") from exc
+    assert exc is not None
+    raise exc
+
+
+def to_pandas(sql: str, home: str | os.PathLike | None = None, con: duckdb.DuckDBPyConnection | None = None, *,
+              timeout_s: float | None = DEFAULT_TIMEOUT_S, memory_limit: str | None = None):
+    """Run a read-only query; returns a pandas DataFrame (limits as in ``query``)."""
+    return query(sql, home, con, timeout_s=timeout_s, memory_limit=memory_limit).to_pandas()

@@ -82,7 +82,8 @@ def load_experiences(home: str | Path | None = None) -> pd.DataFrame:
     """All experience records under an XLOG_HOME (one row per run, record columns): the local
     store and every pulled mirror, through the DuckDB ``experiences`` view of ``xsearch.db``."""
     from . import db
-    return db.to_pandas("SELECT * FROM experiences", home)
+    # Our own query over the whole store: no time limit (the limits are for untrusted SQL).
+    return db.to_pandas("SELECT * FROM experiences", home, timeout_s=None)
 
 
 def default_path(home: str | Path | None = None) -> Path:
