@@ -4,6 +4,7 @@ It implements the part of the Hub HTTP API that the *unmodified* ``huggingface_h
 calls for creating a dataset repo, committing files (``HfApi.create_commit``), listing a tree,
 getting paths info and downloading files (``hf_hub_download`` / ``snapshot_download``):
 
+    HEAD/GET /                                           home page (an endpoint that answers)
     GET  /api/whoami-v2
     POST /api/repos/create                               {name, organization, visibility|private, type}
     POST /api/validate-yaml                              (README.md front matter check)
@@ -157,7 +158,7 @@ class _Handler(BaseHTTPRequestHandler):
         if "Content-Length" not in (headers or {}):
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if not head:
+        if not head and self.command != "HEAD":  # HTTP: a HEAD answer never carries a body
             self.wfile.write(body)
         with self.state.lock:
             self.state.log.append((self.command, self.path, status))
@@ -213,6 +214,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = urllib.parse.unquote(url.path)
         query = urllib.parse.parse_qs(url.query)
         m = self.command
+        if path == "/" and m in ("GET", "HEAD"):  # the Hub's home page (clients may check the endpoint answers)
+            return self._send(200, b"<html>hubserver</html>", content_type="text/html")
         if path == "/api/whoami-v2" and m == "GET":
             user = self._user(required=True)
             return self._json(200, {"type": "user", "name": user, "fullname": user, "orgs": [],

@@ -270,3 +270,139 @@ def test_live_hub_round_trip(tmp_path, make_records, monkeypatch):
     from xsearch import db
     ids = set(db.query("SELECT record_id FROM experiences", tmp_path / "b").column("record_id").to_pylist())
     assert {r["record_id"] for r in src.records()} <= ids
+
+
+# ---- issue 12, items 6, 8 and 9: the ledger, messages, Hub URLs ---------------------------------
+
+def _xlog(hub, home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from xlog.cli import main; main()", *args],
+                          env={**_env(hub, home), **env}, capture_output=True, text=True, timeout=180)
+
+
+def test_lost_ledger_then_one_new_record_uploads_one_record(hub_env, tmp_path, make_records):
+    """The probe: 50 records pushed, the ledger lost, 1 new record: the push re-uploaded the new
+    record's whole month (7 duplicates on the remote) and reported 51 records pushed."""
+    src = _store(tmp_path, "a", make_records(50, seed=400))
+    first = push(open_remote(REPO), src, progress=False)
+    assert first.uploaded_records == 50
+    Ledger(src.root).path.unlink()
+    [new] = make_records(1, seed=401, created_at=src.records()[0]["created_at"])  # a month already on the remote
+    src.write(new)
+    out = _xlog(hub_env, src.root, "push", "--remote", REPO, "-q")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "pushed 1 record(s) in 1 new file(s)" in out.stdout, out.stdout
+    assert "50 local record(s) were already on the remote and were not sent" in out.stdout, out.stdout
+    ids = _remote_ids(hub_env)
+    assert ids == Counter({r["record_id"]: 1 for r in src.records()}) and ids.total() == 51
+    new_files = {p for p in hub_env.files(REPO) if L.is_data_path(p)} - set(first.files)
+    assert len(new_files) == 1
+    assert pq.read_table(io.BytesIO(hub_env.files(REPO)[new_files.pop()])).column("record_id").to_pylist() == \
+        [new["record_id"]]
+    # The ledger was rebuilt from the remote: the next push reads nothing and sends nothing.
+    key = open_remote(REPO).key
+    assert Ledger(src.root).count(key) == 51
+    n_requests = len(hub_env.state.log)
+    again = push(open_remote(REPO), src, progress=False)
+    assert again.uploaded_files == 0 and again.remote_files_read == 0 and again.new_records == 0
+    assert not [p for m, p, s in hub_env.state.log[n_requests:] if "/resolve/" in p]
+
+
+def test_push_skips_records_another_home_already_pushed(hub_env, tmp_path, make_records):
+    """Planning from what the remote holds: the same records pushed from a second home (a copied
+    store) are recognised by id, not only by identical file content."""
+    recs = make_records(12, seed=402)
+    a = _store(tmp_path, "a", recs[:8])
+    push(open_remote(REPO), a, progress=False)
+    b = _store(tmp_path, "b", recs[4:])  # 4 records in common, grouped into other files than a's
+    res = push(open_remote(REPO), b, progress=False)
+    assert res.uploaded_records == 4 and res.already_on_remote_records == 4 and res.remote_files_read >= 1
+    assert _remote_ids(hub_env) == Counter({r["record_id"]: 1 for r in recs})
+
+
+@pytest.mark.parametrize("damage", ["garbage", "malformed"])
+def test_corrupt_ledger_is_set_aside_and_rebuilt_from_the_remote(hub_env, tmp_path, make_records, damage):
+    src = _store(tmp_path, "a", make_records(30, seed=403))
+    push(open_remote(REPO), src, progress=False)
+    ledger = Ledger(src.root).path
+    if damage == "garbage":
+        bad = os.urandom(8192)
+    else:  # a real ledger whose pages were overwritten: SQLite reports "database disk image is malformed"
+        data = ledger.read_bytes()
+        bad = data[:100] + os.urandom(len(data) - 100)
+    ledger.write_bytes(bad)
+    src.write_many(make_records(2, seed=404))
+    out = _xlog(hub_env, src.root, "push", "--remote", REPO, "-q")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and "was corrupt" in out.stderr and "started a new one" in out.stderr
+    assert "pushed 2 record(s)" in out.stdout and "30 local record(s) were already on the remote" in out.stdout
+    [aside] = list(src.root.glob("ledger.sqlite.corrupt-*"))
+    assert aside.read_bytes() == bad  # kept for inspection, never deleted
+    assert Ledger(src.root).count(open_remote(REPO).key) == 32
+    assert _remote_ids(hub_env) == Counter({r["record_id"]: 1 for r in src.records()})
+    # The Python API says it with a warning class of its own.
+    from xlog.ledger import LedgerRecoveredWarning
+    ledger.write_bytes(b"not a database at all" * 100)
+    with pytest.warns(LedgerRecoveredWarning, match="was corrupt"):
+        assert push(open_remote(REPO), src, progress=False).uploaded_files == 0
+
+
+@pytest.mark.parametrize("endpoint", ["notaurl", "ftp://example.org", "http://"])
+def test_invalid_endpoint_is_named(hub, tmp_path, make_records, monkeypatch, endpoint):
+    src = _store(tmp_path, "a", make_records(2, seed=405))
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    for cmd in (["push", "--remote", REPO], ["pull", "--remote", REPO]):
+        r = CliRunner().invoke(xlog_main, ["--home", str(src.root), *cmd])
+        assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+        assert f"HF_ENDPOINT={endpoint!r} is not a valid Hub URL" in r.output, r.output
+        assert "interrupted" not in r.output and "resume" not in r.output
+
+
+def test_unreachable_endpoint_fails_at_once(tmp_path, make_records, monkeypatch):
+    """Pull from a port nothing listens on took 23 s (the client's retry loop for connection
+    errors): now one attempt, a message naming HF_ENDPOINT, and no sleeping between retries."""
+    import socket
+    import time
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    src = _store(tmp_path, "a", make_records(2, seed=406))
+    monkeypatch.setenv("HF_ENDPOINT", dead)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", lambda s: slept.append(s))  # the client's backoff sleeps through this
+    for cmd in (["pull", "--remote", REPO], ["push", "--remote", REPO]):
+        r = CliRunner().invoke(xsearch_main if cmd[0] == "pull" else xlog_main,
+                               [*cmd, "--home", str(src.root)] if cmd[0] == "pull" else ["--home", str(src.root), *cmd])
+        assert r.exit_code == 1, r.output
+        assert f"HF_ENDPOINT={dead} is unreachable" in r.output and "interrupted" not in r.output, r.output
+    assert slept == []
+
+
+def test_server_errors_are_still_retried_as_the_hub_asks(hub_env, tmp_path, make_records):
+    """Failing fast on connection errors keeps the retries for 429/5xx on reads too."""
+    push(open_remote(REPO), _store(tmp_path, "a", make_records(3, seed=407)), progress=False)
+    hub_env.inject(r"GET /api/datasets/.*/tree/", status=503, count=2)
+    hub_env.inject(r"GET /api/datasets/.*/tree/", status=429, count=1, headers={"Retry-After": "0"})
+    got = pull(open_remote(REPO), LocalStore(tmp_path / "b"), progress=False)
+    assert got.new_records == 3
+    assert [s for m, p, s in hub_env.state.log if "/tree/" in p][-4:] == [503, 503, 429, 200]
+
+
+@pytest.mark.parametrize("spec", ["https://huggingface.co/datasets/lab/experience",
+                                  "https://huggingface.co/datasets/lab/experience/tree/main",
+                                  "huggingface.co/datasets/lab/experience", "{endpoint}/datasets/lab/experience",
+                                  "hf://datasets/lab/experience"])
+def test_hub_urls_are_hub_ids(hub_env, tmp_path, make_records, monkeypatch, spec):
+    """The probe: --remote https://huggingface.co/datasets/lab/x was "pushed" into ./https:/..."""
+    spec = spec.format(endpoint=hub_env.url)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    src = _store(tmp_path, "a", make_records(3, seed=408))
+    r = CliRunner().invoke(xlog_main, ["--home", str(src.root), "push", "--remote", spec, "-q"])
+    assert r.exit_code == 0 and "pushed 3 record(s)" in r.output, r.output
+    assert _remote_ids(hub_env).total() == 3 and list(cwd.iterdir()) == []
+    r = CliRunner().invoke(xsearch_main, ["pull", "--remote", spec, "--home", str(tmp_path / "b"), "-q"])
+    assert r.exit_code == 0 and "(3 records)" in r.output, r.output
+    assert list(cwd.iterdir()) == []

@@ -52,7 +52,8 @@ def print_text_table(columns: list[str], rows: list[dict], max_rows: int) -> Non
 def register(main: click.Group) -> None:
     @main.command("pull")
     @click.option("--remote", "remote_spec", default=None, metavar="REMOTE",
-                  help="OWNER/NAME (Hub dataset), file:///path or a path; default $XLOG_REMOTE.")
+                  help="A Hub dataset (OWNER/NAME, hf://datasets/OWNER/NAME or its https://huggingface.co URL) "
+                       "or a directory (./PATH, /PATH, dir:PATH); default $XLOG_REMOTE.")
     @_home_option
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
     def pull_cmd(remote_spec: str | None, home: str | None, quiet: bool) -> None:

@@ -4,16 +4,53 @@ Every file is written to a dot-prefixed temporary name in its final folder, fsyn
 renamed into place (atomic on one file system), so readers never see a partial file. Names are
 content hashes, so two writers adding the same file write the same bytes and concurrent
 writers of different files never touch the same name: no lock is needed on the remote.
+
+A shared disk is read by other users: files are created readable as the umask allows (mode
+``0o666 & ~umask``, e.g. 0644 with umask 022, 0664 with umask 002) and folders ``0o777 & ~umask``,
+as ``cp`` or any editor would create them, not with ``mkstemp``'s private 0600.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable, Mapping
 
-from ..store import write_bytes_atomic
-from . import Remote, RemoteError
+from . import Remote, RemoteError, RemoteNotFoundError, _ids_of
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux tells it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic read-by-setting (briefly 022 in this process)
+    os.umask(mask)
+    return mask
+
+
+def write_shared(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically with the umask's permissions (see the module docstring)."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # mkdir's mode is 0o777 & ~umask already
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 class DirectoryRemote(Remote):
@@ -36,8 +73,8 @@ class DirectoryRemote(Remote):
 
     def _require(self) -> None:
         if not self.root.is_dir():
-            raise RemoteError(f"the directory remote {self.root} does not exist (push to it first, or check the "
-                              "mount)")
+            raise RemoteNotFoundError(f"the directory remote {self.root} does not exist (push to it first, or check "
+                                      "the mount)")
 
     def list_files(self) -> dict[str, int]:
         self._require()
@@ -57,8 +94,21 @@ class DirectoryRemote(Remote):
     def exists(self, paths: list[str]) -> set[str]:
         return {p for p in paths if (self.root / p).is_file()}
 
+    def read_record_ids(self, files: Mapping[str, int]) -> dict[str, list[str] | None]:
+        import pyarrow.parquet as pq
+        out: dict[str, list[str] | None] = {}
+        for path in files:
+            src = self.root / path
+            try:
+                out[path] = _ids_of(lambda: pq.read_table(src, columns=["record_id"]))
+            except FileNotFoundError:
+                continue  # removed since the listing: not on the remote any more
+            except OSError as exc:
+                raise RemoteError(f"cannot read {src} on the directory remote: {exc}") from exc
+        return out
+
     def _write_atomic(self, rel: str, data: bytes) -> None:
-        write_bytes_atomic(self.root / rel, data)
+        write_shared(self.root / rel, data)
 
     def commit(self, files: Mapping[str, bytes], message: str,
                progress: Callable[[int], None] | None = None) -> str | None:

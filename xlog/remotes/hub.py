@@ -3,22 +3,30 @@
 One push is one ``HfApi.create_commit``. Content-addressed file names make a commit idempotent:
 re-sending files that already landed is a no-op (the client skips files whose oid matches), so
 a commit is safely retried after a conflict (409/412), a rate limit (429, honouring
-``Retry-After``), a server error or a lost connection. Errors become ``RemoteError`` messages
-that say what to do.
+``Retry-After``), a server error or a connection lost mid-request. Errors become ``RemoteError``
+messages that say what to do.
+
+The endpoint (``endpoint=`` or ``$HF_ENDPOINT``) is checked before the first request: a value
+that is not an http(s) URL is refused, and one that cannot be reached fails at once (one
+request, no retries), instead of after the client's retry loop for connection errors.
 """
 from __future__ import annotations
 
+import io
 import os
 import random
 import shutil
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
 
-from . import Remote, RemoteError
+from . import Remote, RemoteError, RemoteNotFoundError, _ids_of
 
 T = TypeVar("T")
 RETRY_STATUSES = {408, 409, 412, 429, 500, 502, 503, 504}
+REACH_TIMEOUT_S = 15.0  # the one request that checks the endpoint answers at all
+WHOLE_FILE_BYTES = 8 << 20  # read smaller data files in one request; larger ones by ranges (footer + ids)
 
 
 def _httpx():
@@ -50,7 +58,15 @@ class HubRemote(Remote):
     def __init__(self, repo_id: str, endpoint: str | None = None, token: str | None = None,
                  max_retries: int | None = None, retry_base_s: float | None = None):
         self.repo_id = repo_id
-        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+        self._endpoint_from = "endpoint" if endpoint else "HF_ENDPOINT" if os.environ.get("HF_ENDPOINT") else None
+        given = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+        self.endpoint = given.strip().rstrip("/")
+        u = urllib.parse.urlsplit(self.endpoint)
+        if u.scheme not in ("http", "https") or not u.netloc or u.query or u.fragment:
+            raise RemoteError(f"{self._endpoint_from or 'the endpoint'}={given!r} is not a valid Hub URL: "
+                              "expected http(s)://HOST[:PORT], e.g. https://huggingface.co (unset HF_ENDPOINT to "
+                              "use it)")
+        self._reached = False
         self.token = token
         self.max_retries = int(os.environ.get("XLOG_PUSH_RETRIES", 6)) if max_retries is None else max_retries
         self.retry_base_s = float(os.environ.get("XLOG_RETRY_BASE_S", 1.0)) if retry_base_s is None else retry_base_s
@@ -75,12 +91,17 @@ class HubRemote(Remote):
         where = f"dataset {self.repo_id} at {self.endpoint}"
         if isinstance(exc, E.OfflineModeIsEnabled):
             return RemoteError(f"cannot {action} {where}: HF_HUB_OFFLINE is set; unset it to use the network")
+        if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
+            return RemoteError(f"cannot {action} dataset {self.repo_id}: {self._endpoint_name()} is not a valid URL "
+                               f"({exc})")
         if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-            return RemoteError(f"cannot {action} {where}: the Hub is unreachable ({exc}); check the network, "
-                               "a proxy, or HF_ENDPOINT. Nothing was changed.")
+            return RemoteError(f"cannot {action} dataset {self.repo_id}: the Hub at {self._endpoint_name()} is "
+                               f"unreachable ({exc}); check the address, the network or a proxy. Nothing was changed.")
         if isinstance(exc, (httpx.TransportError,)):
-            return RemoteError(f"{action} of {where} was interrupted ({type(exc).__name__}: {exc}); nothing was "
-                               "marked as pushed that is not on the remote: run the command again to resume")
+            resume = ("nothing was marked as pushed that is not on the remote" if action in ("push to", "create", "read")
+                      else "what was already downloaded is kept")
+            return RemoteError(f"{action} of {where} was interrupted ({type(exc).__name__}: {exc}); {resume}: "
+                               "run the command again to resume")
         if isinstance(exc, E.HFValidationError):
             return RemoteError(f"{self.repo_id!r} is not a valid repo id: {exc}")
         status = _status(exc)
@@ -89,8 +110,8 @@ class HubRemote(Remote):
             return RemoteError(f"cannot {action} {where}: the Hugging Face token was rejected (invalid or expired); "
                                "create a new one with write access and set HF_TOKEN or run `hf auth login`")
         if isinstance(exc, E.RepositoryNotFoundError) or status == 404:
-            return RemoteError(f"cannot {action} {where}: the repo does not exist or your token cannot see it "
-                               "(private repo?); check the id, or push first to create it")
+            return RemoteNotFoundError(f"cannot {action} {where}: the repo does not exist or your token cannot see "
+                                       "it (private repo?); check the id, or push first to create it")
         if status == 401:
             return RemoteError(f"cannot {action} {where}: not authenticated; set HF_TOKEN or run `hf auth login`")
         if status == 403:
@@ -106,9 +127,29 @@ class HubRemote(Remote):
             return RemoteError(f"cannot {action} {where}: HTTP {status}: {msg or exc}")
         return RemoteError(f"cannot {action} {where}: {type(exc).__name__}: {exc}")
 
+    def _endpoint_name(self) -> str:
+        return f"{self._endpoint_from}={self.endpoint}" if self._endpoint_from else f"the endpoint {self.endpoint}"
+
+    def _reach(self, action: str) -> None:
+        """One request to the endpoint, without retries: any HTTP answer means it is reachable."""
+        if self._reached:
+            return
+        from huggingface_hub.utils import get_session
+        try:
+            get_session().head(self.endpoint + "/", timeout=REACH_TIMEOUT_S)
+        except Exception as exc:
+            httpx = _httpx()
+            if not isinstance(exc, (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError)) \
+                    or isinstance(exc, httpx.ConnectTimeout):
+                raise self._explain(exc, action) from exc
+            # It answered, slowly or oddly: let the real request (and its retries) decide.
+        self._reached = True
+
     def _call(self, action: str, fn: Callable[[], T], retry: bool = False) -> T:
-        """Run a client call; with ``retry``, back off and retry transient failures."""
+        """Run a client call; with ``retry``, back off and retry transient failures (not connection
+        errors: an endpoint that cannot be reached fails at once)."""
         httpx = _httpx()
+        self._reach(action)
         attempt = 0
         while True:
             try:
@@ -170,6 +211,32 @@ class HubRemote(Remote):
         if progress:
             progress(len(files))
         return oid
+
+    def read_record_ids(self, files: Mapping[str, int]) -> dict[str, list[str] | None]:
+        """Read only what is needed: a small file in one request, a large one by byte ranges
+        (the Parquet footer, then the record_id column chunks) through ``HfFileSystem``."""
+        if not files:
+            return {}
+        import pyarrow.parquet as pq
+        from huggingface_hub import HfFileSystem
+        fs = HfFileSystem(endpoint=self.endpoint, token=self.token, skip_instance_cache=True)
+        out: dict[str, list[str] | None] = {}
+        for path, size in files.items():
+            where = f"datasets/{self.repo_id}/{path}"
+
+            def read(where: str = where, size: int = size) -> list[str] | None:
+                if size <= WHOLE_FILE_BYTES:
+                    data = fs.cat_file(where)
+                    return _ids_of(lambda: pq.read_table(io.BytesIO(data), columns=["record_id"]))
+                with fs.open(where, "rb", block_size=1 << 20) as f:
+                    return _ids_of(lambda: pq.ParquetFile(f).read(columns=["record_id"]))
+            try:
+                out[path] = self._call("read", read, retry=True)
+            except RemoteError as exc:
+                if isinstance(exc, RemoteNotFoundError) or isinstance(exc.__cause__, FileNotFoundError):
+                    continue  # removed since the listing (e.g. compacted): not on the remote any more
+                raise
+        return out
 
     def fetch(self, path: str, dest: Path) -> None:
         from huggingface_hub import hf_hub_download

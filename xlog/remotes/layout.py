@@ -9,6 +9,8 @@ Records are partitioned by schema version (one Arrow schema per folder, so each 
 as one table) and by the month of ``created_at`` (so the store can grow to millions of records
 without huge folders). A file's name is the SHA-256 of its bytes: the same records encode to
 the same bytes, so pushing them again adds nothing, and a downloaded file can be verified.
+A push plans its files from the records the remote does not hold yet (``sync``), so one new
+record becomes one small new file, not a re-upload of its month.
 """
 from __future__ import annotations
 
@@ -58,6 +60,11 @@ def encode(records: list[Mapping[str, Any]], version: int) -> bytes:
 
 def data_path(version: int, month: str, data: bytes) -> str:
     return f"{DATA_DIR}/v{version}/{month}/{hashlib.sha256(data).hexdigest()[:32]}.parquet"
+
+
+def partition_dir(version: int, created_at: Any) -> str:
+    """The folder (with a trailing slash) that holds the records of this version and creation time."""
+    return f"{DATA_DIR}/v{version}/{_month(created_at)}/"
 
 
 def plan_files(records: Iterable[Mapping[str, Any]], rows_per_file: int = ROWS_PER_FILE

@@ -1,13 +1,18 @@
 """Push local records to a remote and pull (mirror) a remote into the local store root.
 
-Push: validate the records not yet in the ledger, scrub private data from the copies to
-publish (``privacy.scrub_record``; local files are never modified), encode them into
+Push: validate the records not yet in the ledger, then plan from what the remote holds: list
+its files and read the record ids of the data files in the records' partitions that the ledger
+does not know yet (only the ``record_id`` column; each file once, remembered in the ledger), so
+a record already on the remote is never sent again, whether the ledger was lost, corrupt, or
+another home pushed the same record. Scrub private data from the copies to publish
+(``privacy.scrub_record``; local files are never modified), encode the remaining records into
 content-addressed files (see ``layout``), record the plan as pending, send everything in ONE
-commit, then mark the records pushed. Pull: download the data files the mirror lacks, verify
-each against the hash in its name, the schema (bounds and string lengths included) and the
-privacy check, and move it into ``$XLOG_HOME/remotes/<slug>/`` atomically; a bad file is
-quarantined (``LocalStore.quarantine``) with the reason naming its rows and fields, and
-remembered, never loaded, never fatal.
+commit, then mark the records pushed. ``PushResult`` says what was sent and what was already there.
+
+Pull: download the data files the mirror lacks, verify each against the hash in its name, the
+schema (bounds and string lengths included) and the privacy check, and move it into
+``$XLOG_HOME/remotes/<slug>/`` atomically; a bad file is quarantined (``LocalStore.quarantine``)
+with the reason naming its rows and fields, and remembered, never loaded, never fatal.
 """
 from __future__ import annotations
 
@@ -22,10 +27,11 @@ from typing import Any, Callable
 import pyarrow.parquet as pq
 
 from .. import schema as S
+from ..errors import StoreNotWritableError
 from ..ledger import Ledger
 from ..privacy import scrub_record, table_leaks
 from ..store import BadRecordFile, LocalStore, read_and_validate
-from . import Remote, RemoteError
+from . import Remote, RemoteError, RemoteNotFoundError
 from . import layout as L
 
 REMOTES_DIR = "remotes"
@@ -36,10 +42,13 @@ KEEP = object()  # contributor: keep each record's own value
 @dataclass
 class PushResult:
     remote: str
-    new_records: int = 0
-    files: dict[str, int] = field(default_factory=dict)  # path -> number of records
-    uploaded_files: int = 0
-    already_on_remote: int = 0  # files found on the remote (an earlier push that died after its commit)
+    new_records: int = 0  # records sent by this push (a dry run: that it would send)
+    files: dict[str, int] = field(default_factory=dict)  # path -> number of records, of the files planned
+    uploaded_files: int = 0  # files sent
+    uploaded_records: int = 0  # records in the files sent
+    already_on_remote: int = 0  # planned files found on the remote already (identical content)
+    already_on_remote_records: int = 0  # local records not in the ledger found on the remote: not sent
+    remote_files_read: int = 0  # remote data files whose record ids were read to plan this push
     recovered_records: int = 0  # records of a pending push confirmed on the remote
     invalid: list[str] = field(default_factory=list)  # quarantined local files
     scrubbed: list[str] = field(default_factory=list)  # "record <id>: <field>: ..." scrubbed in the pushed copy
@@ -120,6 +129,31 @@ def _scrub_for_push(records: list[dict], result: PushResult, log: Callable[[str]
     return out
 
 
+def _on_remote(remote: Remote, ledger: Ledger, listing: dict[str, int], records: list[dict],
+               progress: bool, result: PushResult, log: Callable[[str], None]) -> set[str]:
+    """The ids among ``records`` that the remote already holds. Reads the record ids of the data
+    files in the records' partitions that the ledger does not know (once: they are remembered)."""
+    prefixes = {L.partition_dir(int(r["schema_version"]), r.get("created_at")) for r in records}
+    known = ledger.known_files(remote.key)
+    unknown = {p: n for p, n in listing.items()
+               if L.is_data_path(p) and p not in known and p.rsplit("/", 1)[0] + "/" in prefixes}
+    if unknown:
+        if len(unknown) >= 20:
+            log(f"reading the record ids of {len(unknown)} file(s) on {remote.key} that the ledger does not know")
+        read: dict[str, list[str] | None] = {}
+        paths = sorted(unknown)
+        with _progress_bar(len(paths), "checking the remote", progress and len(paths) >= 20) as bar:
+            for i in range(0, len(paths), 50):  # remembered in batches: an interrupted read is not redone
+                part = remote.read_record_ids({p: unknown[p] for p in paths[i:i + 50]})
+                ledger.record_files(remote.key, part)
+                read.update(part)
+                bar.update(len(paths[i:i + 50]))
+        result.remote_files_read = len(read)
+        wanted = {r["record_id"] for r in records}
+        return wanted & {rid for ids in read.values() for rid in ids or ()}
+    return set()  # every file in those partitions is known: their ids were in the ledger already
+
+
 def push(remote: Remote, store: LocalStore | None = None, *, private: bool = False, dry_run: bool = False,
          contributor: Any = KEEP, progress: bool = True, rows_per_file: int = L.ROWS_PER_FILE,
          log: Callable[[str], None] = lambda s: None) -> PushResult:
@@ -128,36 +162,46 @@ def push(remote: Remote, store: LocalStore | None = None, *, private: bool = Fal
     ledger = Ledger(store.root)
     result = PushResult(remote=remote.key, dry_run=dry_run)
     with ledger.lock(remote.key):
+        listing: dict[str, int] | None = None
         if not dry_run:
             remote.ensure(private=private)
             pending = ledger.pending(remote.key)
             if pending:
                 # A previous push died after planning: trust only what the remote really has.
-                landed = remote.exists(sorted(pending))
-                ledger.confirm(remote.key, {p: pending[p] for p in landed}, drop=[p for p in pending if p not in landed])
+                listing = remote.list_files()
+                landed = [p for p in pending if p in listing]
+                ledger.confirm(remote.key, {p: pending[p] for p in landed},
+                               drop=[p for p in pending if p not in listing])
                 result.recovered_records = sum(len(pending[p]) for p in landed)
-                if pending:
-                    log(f"resumed an interrupted push: {len(landed)} of {len(pending)} file(s) had landed")
+                log(f"resumed an interrupted push: {len(landed)} of {len(pending)} file(s) had landed")
         pushed = ledger.pushed_ids(remote.key)
         records = _read_candidates(store, pushed, progress, result)
+        if records:
+            if listing is None:
+                listing = _listing(remote, dry_run, log)
+            there = _on_remote(remote, ledger, listing, records, progress, result, log)
+            if there:
+                records = [r for r in records if r["record_id"] not in there]
+                result.already_on_remote_records = len(there)
         if contributor is not KEEP:
             records = [{**r, "contributor": contributor} for r in records]
         records = _scrub_for_push(records, result, log)
         plan = L.plan_files(records, rows_per_file)
-        result.new_records = len(records)
+        result.new_records = sum(len(ids) for _, ids in plan.values())
         result.files = {p: len(ids) for p, (_, ids) in plan.items()}
         if dry_run or not plan:
             return result
-        present = remote.exists(sorted(plan) + [L.CARD_PATH])
-        landed = {p: ids for p, (_, ids) in plan.items() if p in present}
-        if landed:  # identical files already there (e.g. the ledger was lost): nothing to upload
+        assert listing is not None
+        landed = {p: ids for p, (_, ids) in plan.items() if p in listing}
+        if landed:  # identical files already there (another push of the same records raced us)
             ledger.confirm(remote.key, landed)
             result.already_on_remote = len(landed)
-        to_send = {p: v for p, v in plan.items() if p not in present}
+        to_send = {p: v for p, v in plan.items() if p not in listing}
         if not to_send:
+            result.new_records = 0
             return result
         files = {p: data for p, (data, _) in to_send.items()}
-        if L.CARD_PATH not in present:
+        if L.CARD_PATH not in listing:
             name = getattr(remote, "repo_id", None) or Path(str(getattr(remote, "root", "records"))).name
             files[L.CARD_PATH] = L.card(name).encode()
         n = sum(len(ids) for _, ids in to_send.values())
@@ -165,7 +209,23 @@ def push(remote: Remote, store: LocalStore | None = None, *, private: bool = Fal
         result.commit = remote.commit(files, f"xlog push: {n} record(s) in {len(to_send)} file(s)")
         ledger.confirm(remote.key, {p: ids for p, (_, ids) in to_send.items()})
         result.uploaded_files = len(to_send)
+        result.uploaded_records = result.new_records = n
     return result
+
+
+def _listing(remote: Remote, dry_run: bool, log: Callable[[str], None]) -> dict[str, int]:
+    """The remote's files; a dry run treats a remote that does not exist yet as empty."""
+    try:
+        return remote.list_files()
+    except RemoteNotFoundError:
+        if not dry_run:
+            raise
+        return {}
+    except RemoteError as exc:
+        if not dry_run:
+            raise
+        log(f"could not check what {remote.key} holds ({exc}); counting every local record not in the ledger")
+        return {}
 
 
 def mirror_dir(store: LocalStore, remote: Remote) -> Path:
@@ -222,9 +282,15 @@ def pull(remote: Remote, store: LocalStore | None = None, *, progress: bool = Tr
     result = PullResult(remote=remote.key, mirror=mirror)
     with Ledger(store.root).lock("pull-" + remote.key):
         listing = remote.list_files()
-        mirror.mkdir(parents=True, exist_ok=True)
         state = _load_state(mirror)
         state["remote"] = remote.key
+        try:  # the mirror must be writable before anything is downloaded
+            mirror.mkdir(parents=True, exist_ok=True)
+            _save_state(mirror, state)
+        except OSError as exc:
+            raise StoreNotWritableError(f"cannot write the mirror {mirror}: {exc.strerror or exc}; the store root "
+                                        f"{store.root} must be writable: use --home or XLOG_HOME to choose another "
+                                        "one") from exc
         quarantined: dict[str, str] = state.setdefault("quarantined", {})
         wanted = sorted(p for p in listing if L.is_data_path(p))
         todo = [p for p in wanted if p not in quarantined and not (mirror / p).is_file()]
