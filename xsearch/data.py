@@ -46,6 +46,12 @@ def default_data_path() -> Path | None:
 
 
 def _read_file(path: Path) -> pd.DataFrame:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DataError(f"could not read {path.name}: {exc.strerror or exc}") from None
+    if size == 0:
+        raise DataError(f"{path.name} is empty (0 bytes): no header and no rows")
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffix in (".gz", ".bz2") else path.suffix.lower()
     try:
         if suffix.startswith(".parquet") or suffix == ".pq":
@@ -114,6 +120,9 @@ def load_task(path: str | Path | None = None, text_column: str = "text", label_c
     splits = _read_datasets_dir(path) if path.is_dir() else None
     if splits is None:
         df = _read_file(path)
+        if len(df) == 0:
+            header = f" (only a header: {list(map(str, df.columns))})" if len(df.columns) else ""
+            raise DataError(f"{path.name} has no rows{header}: nothing to train on")
         if split_column in df.columns:
             splits = {str(k).lower(): g.drop(columns=[split_column]) for k, g in df.groupby(split_column)}
         else:
@@ -123,6 +132,9 @@ def load_task(path: str | Path | None = None, text_column: str = "text", label_c
         if missing:
             raise DataError(f"{path.name} ({name}): no column {missing[0]!r}; columns are {list(df.columns)} "
                             "(choose with --text-column/--label-column)")
+    if not any(len(df) for df in splits.values()):
+        raise DataError(f"{path.name} has no rows in any split ({', '.join(sorted(splits)) or 'none'}): "
+                        "nothing to train on")
     train_name = next((n for n in _TRAIN_NAMES if n in splits), None)
     if train_name is None:
         raise DataError(f"{path.name}: no 'train' split among {sorted(splits)}")
