@@ -4,10 +4,6 @@ from the log, and the reports are written."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -259,49 +255,10 @@ def test_pareto_front():
 
 
 def test_resume_after_killing_the_search_reruns_nothing_finished(tmp_path):
-    home, out = tmp_path / "home", tmp_path / "out"
-    env = dict(os.environ, XLOG_HOME=str(home),
-               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
-    cmd = [sys.executable, "-m", "xsearch.cli", "run", "--data", str(SMS), "--space", str(TINY), "--budget", "120s",
-           "--out", str(out), "--no-energy", "--max-train", "150", "--plain", "--seed", "3",
-           "--max-candidate-time", "20s"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 90
-        man = None
-        while time.monotonic() < deadline:
-            ms = list((home / "searches").glob("*.json")) if (home / "searches").exists() else []
-            if ms:
-                try:
-                    man = json.loads(ms[0].read_text())
-                except ValueError:
-                    man = None
-                if man and len(man.get("walls", {})) >= 2:
-                    break
-            time.sleep(0.2)
-        assert man and len(man["walls"]) >= 2, "the search did not finish two candidates"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    sid = man["search_id"]
-    store = LocalStore(home)
-    time.sleep(3)  # the candidate in flight notices the dead search and records itself as interrupted
-    before = own_records(store, sid)
-    finished_before = {r["record_id"] for r in before if r["status"] != "interrupted"}
-    assert len(finished_before) >= 2
-    result, _ = run_search(resume=sid, store_root=str(home), out_dir=str(out),
-                           max_evals=len(finished_before) + 2)
-    after = own_records(store, sid)
-    space = SearchSpace.from_dict(man["space"])
-    finished_after = [r for r in after if r["status"] != "interrupted"]
-    keys = [config_key(space.config_from_record(r)) for r in finished_after]
-    assert len(keys) == len(set(keys)), "a finished candidate was trained again"
-    journalled = [e.outcome for e in result.evaluations if e.outcome.from_journal]
-    assert {o.record_id for o in journalled} == finished_before
-    assert len(result.evaluations) > len(finished_before)  # and it went on with new candidates
-    assert result.used_s >= float(man["used_s"])  # the budget used before the kill still counts
+    from searchproc import kill_after, resume_and_check
+    man = kill_after(tmp_path / "home", tmp_path / "out", ["--budget", "120s", "--max-train", "150", "--seed", "3",
+                                                           "--max-candidate-time", "20s"])
+    resume_and_check(tmp_path / "home", tmp_path / "out", man)
 
 
 def test_failure_heavy_imported_experience_does_not_stop_the_search(tmp_path):

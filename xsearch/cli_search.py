@@ -1,13 +1,14 @@
 """``xsearch run``: the budget-aware search from the command line, with a live progress view."""
 from __future__ import annotations
 
+import math
 import re
 import time
 from typing import Any
 
 import click
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*$", re.IGNORECASE)
+_DURATION_RE = re.compile(r"^\s*([+-]?\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*$", re.IGNORECASE)
 
 
 def parse_duration(text: str) -> float:
@@ -17,6 +18,22 @@ def parse_duration(text: str) -> float:
         raise click.BadParameter(f"{text!r} is not a duration (e.g. 300s, 5m, 1h)")
     value, unit = float(m.group(1)), (m.group(2) or "s").lower()
     return value * {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[unit]
+
+
+def _positive_duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """A duration option that must be more than zero (a zero budget is no budget, not a default)."""
+    if value is None:
+        return None
+    seconds = parse_duration(value)
+    if not seconds > 0:
+        raise click.BadParameter(f"{value!r}: must be more than 0 (e.g. 300s, 5m, 1h)")
+    return seconds
+
+
+def _positive_number(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value:g}: must be a number more than 0")
+    return value
 
 
 def _fmt_cfg(cfg: dict[str, Any]) -> str:
@@ -99,8 +116,10 @@ def register(main: click.Group) -> None:
                        "examples/data/sms_spam_600.parquet).")
     @click.option("--text-column", default="text", show_default=True)
     @click.option("--label-column", default="label", show_default=True)
-    @click.option("--budget", default="5m", show_default=True, help="Wall-time budget (e.g. 300s, 5m, 1h).")
-    @click.option("--energy-budget", type=float, default=None, help="Energy budget in kWh.")
+    @click.option("--budget", default="5m", show_default=True, callback=_positive_duration,
+                  help="Wall-time budget, more than 0 (e.g. 300s, 5m, 1h).")
+    @click.option("--energy-budget", type=float, default=None, callback=_positive_number,
+                  help="Energy budget in kWh (more than 0).")
     @click.option("--max-evals", type=click.IntRange(1), default=None, help="Maximum number of evaluations.")
     @click.option("--space", "space_path", type=click.Path(exists=True, dir_okay=False), default=None,
                   help="Search space file (YAML/JSON; default: the shipped text-classification space).")
@@ -110,30 +129,46 @@ def register(main: click.Group) -> None:
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--home", envvar="XLOG_HOME", type=click.Path(file_okay=False), default=None,
                   help="Store root (default: $XLOG_HOME or ~/.cache/xlog).")
-    @click.option("--memory-limit", type=float, default=None, metavar="GB",
+    @click.option("--memory-limit", type=float, default=None, metavar="GB", callback=_positive_number,
                   help="Memory cap per candidate (address space on CPU, GPU memory on CUDA).")
     @click.option("--population", type=click.IntRange(1), default=4, show_default=True, help="Candidates per generation.")
     @click.option("--max-train", type=click.IntRange(2), default=None, help="Cap on training rows (stratified).")
-    @click.option("--max-candidate-time", default=None, help="Time limit per candidate (default: half the budget).")
+    @click.option("--max-candidate-time", default=None, callback=_positive_duration,
+                  help="Time limit per candidate, more than 0 (default: half the budget).")
     @click.option("--zero-shot", is_flag=True, help="Ignore past experience: uniform start, no estimators.")
     @click.option("--no-energy", is_flag=True, help="Do not meter energy (saves codecarbon's start-up per candidate).")
     @click.option("--plain", is_flag=True, help="Plain line output instead of the live view.")
-    def run_cmd(data: str | None, text_column: str, label_column: str, budget: str, energy_budget: float | None,
+    @click.option("--executor", type=click.Choice(["local", "ray", "slurm"]), default="local", show_default=True,
+                  help="Where candidates run: local processes, a Ray cluster, SLURM jobs (submitit).")
+    @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+                  help="Candidates in flight at once.")
+    @click.option("--gpus-per-candidate", type=click.FloatRange(0), default=None,
+                  help="GPUs per candidate (default: 1 for local workers and Ray tasks where there are "
+                       "GPUs, 0 for SLURM jobs unless given).")
+    @click.option("--cpus-per-candidate", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+                  help="CPUs reserved per candidate (Ray, SLURM).")
+    @click.option("--ray-address", default=None, metavar="ADDRESS",
+                  help="Ray cluster: auto or ray://host:port (default: start a local cluster for the run).")
+    @click.option("--slurm-partition", default=None, help="SLURM partition of the candidates' jobs.")
+    def run_cmd(data: str | None, text_column: str, label_column: str, budget: float, energy_budget: float | None,
                 max_evals: int | None, space_path: str | None, out_dir: str, resume: str | None, seed: int,
                 home: str | None, memory_limit: float | None, population: int, max_train: int | None,
-                max_candidate_time: str | None, zero_shot: bool, no_energy: bool, plain: bool) -> None:
+                max_candidate_time: float | None, zero_shot: bool, no_energy: bool, plain: bool, executor: str,
+                workers: int, gpus_per_candidate: float | None, cpus_per_candidate: float,
+                ray_address: str | None, slurm_partition: str | None) -> None:
         """Search model x fine-tuning method x hyperparameters for a text-classification task
         within a budget; every candidate is a real fine-tuning recorded in the store."""
         from rich.console import Console
         from rich.live import Live
 
         from .data import DataError
+        from .errors import XSearchError
         from .evaluator import EvaluatorError
         from .space import SpaceError
         from .runner import run_search
         budget_given = click.get_current_context().get_parameter_source("budget") != click.core.ParameterSource.DEFAULT
-        budget_s = parse_duration(budget)
-        cand_s = parse_duration(max_candidate_time) if max_candidate_time else (None if resume else budget_s / 2)
+        budget_s = budget  # seconds, checked > 0 by _positive_duration
+        cand_s = max_candidate_time if max_candidate_time is not None else (None if resume else budget_s / 2)
         console = Console(stderr=False)
         view = ProgressView(console)
         if plain or not console.is_terminal:
@@ -155,8 +190,10 @@ def register(main: click.Group) -> None:
                 energy_budget_kwh=energy_budget, max_evals=max_evals, space_path=space_path, out_dir=out_dir,
                 resume=resume, seed=seed, store_root=home, memory_limit_gb=memory_limit, population=population,
                 max_train=max_train, warm=not zero_shot, use_estimators=not zero_shot, energy=not no_energy,
-                max_candidate_s=cand_s, on_event=on_event)
-        except (DataError, SpaceError, EvaluatorError, FileNotFoundError) as exc:
+                max_candidate_s=cand_s, on_event=on_event, executor=executor, workers=workers,
+                gpus_per_candidate=gpus_per_candidate, cpus_per_candidate=cpus_per_candidate,
+                ray_address=ray_address, slurm_partition=slurm_partition)
+        except (DataError, SpaceError, EvaluatorError, FileNotFoundError, XSearchError) as exc:
             raise click.ClickException(str(exc)) from None
         finally:
             if live is not None:
@@ -164,7 +201,8 @@ def register(main: click.Group) -> None:
         best = result.incumbent
         console.print(f"\nsearch [bold]{result.search_id}[/bold] stopped: {result.stop_reason}; "
                       f"{len(result.evaluations)} evaluations ({result.n_failed} failed), "
-                      f"{sum(result.skipped.values())} skipped, {result.used_s:.0f} s of {result.budget_s:.0f} s used")
+                      f"{sum(result.skipped.values())} skipped, {result.used_s:.0f} s of {result.budget_s:.0f} s used"
+                      + (f" ({result.compute_s:.0f} s of compute on {result.workers} workers)" if result.workers > 1 else ""))
         if best is not None:
             console.print(f"best: macro F1 {best.quality:.4f}  {_fmt_cfg(best.config)}  (record {best.record_id})")
         else:

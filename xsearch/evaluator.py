@@ -132,6 +132,35 @@ def stand_in_record(record_id: str, config: Mapping[str, Any], status: str, erro
     return rec
 
 
+def candidate_job(config: Mapping[str, Any], space: SearchSpace, record_id: str, *, search_id: str | None,
+                  task_name: str | None, seed: int = 0, energy: bool = True, memory_limit_gb: float | None = None,
+                  env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What a worker needs to run one candidate, less where its files go (the caller adds
+    ``data_dir``, ``store``, ``output_dir``, ``result_path`` and ``parent_pid``)."""
+    method = str(config.get("ft_method"))
+    return {"config": dict(config), "search_id": search_id, "task_name": task_name, "record_id": record_id,
+            "model_spec": space.model_spec(config["model_name"]), "method_spec": space.methods.get(method, {}),
+            "seed": seed, "memory_limit_bytes": int(memory_limit_gb * 2**30) if memory_limit_gb else None,
+            "energy": energy, "env": dict(env or {})}
+
+
+def died_record(record_id: str, config: Mapping[str, Any], timed_out: bool, code: int | None, log_path: Path,
+                started: datetime, wall_s: float, timeout_s: float, search_id: str | None,
+                defaults: Mapping[str, Any], memory_limited: bool) -> dict[str, Any]:
+    """The stand-in record of a candidate whose process ended without writing one: a timeout, an
+    out-of-memory death (markers in its log, or SIGKILL under a memory limit), or a crash."""
+    tail = _log_tail(log_path)
+    if timed_out:
+        status, etype, msg = "timeout", "Timeout", f"no record: killed at the time limit of {timeout_s:.0f} s"
+    elif any(m in tail.lower() for m in _OOM_MARKERS) or (code == -signal.SIGKILL and memory_limited):
+        status, etype, msg = "oom", "OutOfMemory", f"process died out of memory (exit {code}): {tail[-500:]}"
+    else:
+        status, etype = "failed", "ProcessDied"
+        last = [ln for ln in tail.strip().splitlines() if ln.strip()]
+        msg = f"process exited with code {code} before recording: {last[-1] if last else ''}"
+    return stand_in_record(record_id, config, status, etype, msg, started, wall_s, search_id, defaults)
+
+
 def _log_tail(path: Path, n: int = 4000) -> str:
     try:
         return path.read_text(encoding="utf-8", errors="replace")[-n:]
@@ -166,119 +195,144 @@ class SubprocessEvaluator:
         self._died_without_log = 0
         self.record_defaults = dict(record_defaults or {})
         self._server: subprocess.Popen | None = None
-        self._lines: queue.Queue[str] = queue.Queue()
+        # Several candidates may run at once (xsearch.executors.local): one lock serialises
+        # submissions, one condition tells each waiter when its process exits.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition()
+        self._pids: queue.Queue[int | None] = queue.Queue()
+        self._exits: dict[int, int] = {}
+        self._dead = False
         self._n = 0
 
     def warm_up(self) -> None:
         """Start the fork server now (it imports torch/transformers once, ~7 s)."""
-        if self._server is not None and self._server.poll() is None:
-            return
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        # The worker must import this very xsearch (an editable checkout or not installed at all).
-        root = str(Path(__file__).resolve().parent.parent)
-        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONPATH=path)
-        self._server = subprocess.Popen([sys.executable, "-m", "xsearch.worker", "--serve"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True,
-                                        bufsize=1, cwd=str(self.work_dir))
-        self._lines = queue.Queue()
-        server = self._server
+        with self._lock:
+            if self._server is not None and self._server.poll() is None and not self._dead:
+                return
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            # The worker must import this very xsearch (an editable checkout or not installed at all).
+            root = str(Path(__file__).resolve().parent.parent)
+            path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+            env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONPATH=path)
+            self._server = subprocess.Popen([sys.executable, "-m", "xsearch.worker", "--serve"], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True,
+                                            bufsize=1, cwd=str(self.work_dir))
+            self._pids = queue.Queue()
+            self._exits = {}
+            self._dead = False
+            ready = threading.Event()
+            server = self._server
 
-        def pump() -> None:
-            assert server.stdout is not None
-            for line in server.stdout:
-                self._lines.put(line.strip())
-            self._lines.put("eof")
-        threading.Thread(target=pump, name="xsearch-forkserver-reader", daemon=True).start()
-        self._expect(lambda ln: ln == "ready", timeout=300)
+            def pump() -> None:
+                # Routes the server's lines: "pid N" answers the one submission in progress (they
+                # are serialised), "exit N CODE" wakes whoever waits for N (several may run at once).
+                assert server.stdout is not None
+                for line in server.stdout:
+                    line = line.strip()
+                    if line == "ready":
+                        ready.set()
+                    elif line.startswith("pid "):
+                        self._pids.put(int(line.split()[1]))
+                    elif line.startswith("exit "):
+                        _, pid, code = line.split()
+                        with self._cond:
+                            self._exits[int(pid)] = int(code)
+                            self._cond.notify_all()
+                with self._cond:
+                    self._dead = True
+                    self._cond.notify_all()
+                self._pids.put(None)
+                ready.set()
+            threading.Thread(target=pump, name="xsearch-forkserver-reader", daemon=True).start()
+            if not ready.wait(timeout=300) or self._dead:
+                raise EvaluatorError(self._died_message())
 
-    def _expect(self, match: Any, timeout: float | None) -> str | None:
-        """The next protocol line that matches (None at the timeout)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return None
+    def _died_message(self) -> str:
+        return (f"the xsearch fork server ({sys.executable} -m xsearch.worker --serve) died; worker logs are "
+                f"in {self.work_dir}")
+
+    def _start(self, job_path: Path, log_path: Path) -> int:
+        """Ask the fork server for one candidate process; its pid."""
+        self.warm_up()  # its start-up is not this candidate's cost
+        with self._lock:
+            assert self._server is not None and self._server.stdin is not None
+            self._server.stdin.write(f"run {job_path} {log_path}\n")
+            self._server.stdin.flush()
             try:
-                line = self._lines.get(timeout=left)
+                pid = self._pids.get(timeout=60)
             except queue.Empty:
-                return None
-            if line == "eof":
-                raise EvaluatorError(f"the xsearch fork server ({sys.executable} -m xsearch.worker --serve) "
-                                     f"died; worker logs are in {self.work_dir}")
-            if match(line):
-                return line
+                pid = None
+        if pid is None:
+            raise EvaluatorError(self._died_message())
+        return pid
+
+    def _wait_exit(self, pid: int, timeout: float | None) -> int | None:
+        """The exit code of candidate ``pid`` (None if still running after ``timeout``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while pid not in self._exits:
+                if self._dead:
+                    raise EvaluatorError(self._died_message())
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._cond.wait(timeout=left if left is not None else 1.0)
+            return self._exits.pop(pid)
 
     def evaluate(self, config: dict[str, Any], timeout_s: float, *, task_dir: Path | None = None,
                  task_name: str | None = None, search_id: str | None = None,
-                 record_defaults: Mapping[str, Any] | None = None) -> Outcome:
+                 record_defaults: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Outcome:
         """Run one candidate. The keyword arguments replace the evaluator's task and search for this
-        call only: one fork server can serve many tasks (the meta-dataset harness does)."""
+        call only: one fork server can serve many tasks (the meta-dataset harness does). ``env``:
+        environment variables of the candidate's process (e.g. ``CUDA_VISIBLE_DEVICES``). Safe to
+        call from several threads at once."""
         task_dir = Path(task_dir).resolve() if task_dir is not None else self.task_dir
         task_name = task_name if task_name is not None else self.task_name
         search_id = search_id if search_id is not None else self.search_id
         defaults = dict(record_defaults) if record_defaults is not None else self.record_defaults
-        self._n += 1
-        cand_dir = self.work_dir / f"candidate-{self._n:04d}"
+        with self._lock:
+            self._n += 1
+            n = self._n
+        cand_dir = self.work_dir / f"candidate-{n:04d}"
         cand_dir.mkdir(parents=True, exist_ok=True)
         record_id = S.new_record_id()
-        method = str(config.get("ft_method"))
-        job = {"config": config, "data_dir": str(task_dir), "store": str(self.store.root),
-               "search_id": search_id, "task_name": task_name, "record_id": record_id,
-               "model_spec": self.space.model_spec(config["model_name"]),
-               "method_spec": self.space.methods.get(method, {}), "seed": self.seed,
-               "output_dir": str(cand_dir / "trainer"), "result_path": str(cand_dir / "result.json"),
-               "memory_limit_bytes": int(self.memory_limit_gb * 2**30) if self.memory_limit_gb else None,
-               "energy": self.energy, "parent_pid": os.getpid()}
+        job = candidate_job(config, self.space, record_id, search_id=search_id, task_name=task_name,
+                            seed=self.seed, energy=self.energy, memory_limit_gb=self.memory_limit_gb, env=env)
+        job.update(data_dir=str(task_dir), store=str(self.store.root), output_dir=str(cand_dir / "trainer"),
+                   result_path=str(cand_dir / "result.json"), parent_pid=os.getpid())
         job_path, log_path = cand_dir / "job.json", cand_dir / "worker.log"
         job_path.write_text(json.dumps(job), encoding="utf-8")
-        self.warm_up()  # its start-up is not this candidate's cost
         started = datetime.now(timezone.utc)
+        pid = self._start(job_path, log_path)
         t0 = time.monotonic()
-        assert self._server is not None and self._server.stdin is not None
-        self._server.stdin.write(f"run {job_path} {log_path}\n")
-        self._server.stdin.flush()
-        pid = int(self._expect(lambda ln: ln.startswith("pid "), timeout=60).split()[1])  # type: ignore[union-attr]
-
-        def ended(wait: float | None) -> str | None:
-            return self._expect(lambda ln: ln.startswith(f"exit {pid} "), timeout=wait)
-        line = ended(max(timeout_s, 0.0))
-        timed_out = line is None
+        code = self._wait_exit(pid, max(timeout_s, 0.0))
+        timed_out = code is None
         if timed_out:
-            log.info("candidate %s reached its time limit (%.0f s): SIGTERM", self._n, timeout_s)
+            log.info("candidate %s reached its time limit (%.0f s): SIGTERM", n, timeout_s)
             _signal(pid, signal.SIGTERM)
-            line = ended(self.grace_s)
-            if line is None:
-                log.info("candidate %s ignored SIGTERM for %.0f s: SIGKILL", self._n, self.grace_s)
+            code = self._wait_exit(pid, self.grace_s)
+            if code is None:
+                log.info("candidate %s ignored SIGTERM for %.0f s: SIGKILL", n, self.grace_s)
                 _signal(pid, signal.SIGKILL)
-                line = ended(None)
+                code = self._wait_exit(pid, None)
         wall = time.monotonic() - t0
-        code = int(line.split()[2]) if line else None
         rec = find_record(self.store, record_id)
         if rec is None and not timed_out and not log_path.is_file():
             # The candidate died before it could even open its log: the evaluator itself is
             # broken (not this configuration), so nothing is recorded as experience.
-            self._died_without_log += 1
-            if self._died_without_log >= MAX_SILENT_DEATHS:
+            with self._lock:
+                self._died_without_log += 1
+                dead = self._died_without_log
+            if dead >= MAX_SILENT_DEATHS:
                 raise EvaluatorError(f"{MAX_SILENT_DEATHS} candidates in a row died before starting (exit {code}); "
                                      f"nothing was recorded for them. Check {self.work_dir} and the worker set-up.")
             return Outcome(config=dict(config), status="failed", wall_s=wall, error=f"worker exited with {code}")
         self._died_without_log = 0
         if rec is None:
-            tail = _log_tail(log_path)
-            if timed_out:
-                status, etype, msg = "timeout", "Timeout", f"no record: killed at the time limit of {timeout_s:.0f} s"
-            elif any(m in tail.lower() for m in _OOM_MARKERS) or (code == -signal.SIGKILL and self.memory_limit_gb):
-                status, etype, msg = "oom", "OutOfMemory", f"process died out of memory (exit {code}): {tail[-500:]}"
-            else:
-                status, etype = "failed", "ProcessDied"
-                last = [ln for ln in tail.strip().splitlines() if ln.strip()]
-                msg = f"process exited with code {code} before recording: {last[-1] if last else ''}"
-            rec = stand_in_record(record_id, config, status, etype, msg, started, wall, search_id,
-                                  {**defaults, "task_name": task_name})
+            rec = died_record(record_id, config, timed_out, code, log_path, started, wall, timeout_s, search_id,
+                              {**defaults, "task_name": task_name}, bool(self.memory_limit_gb))
             self.store.write(rec)
-        out = Outcome.from_record(rec, config, wall_s=wall)
-        return out
+        return Outcome.from_record(rec, config, wall_s=wall)
 
     def close(self) -> None:
         if self._server is not None:

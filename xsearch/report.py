@@ -107,8 +107,17 @@ def best_config_snippet(config: dict[str, Any], space: SearchSpace, data: str | 
             lines += [f"MODEL = {spec['path']!r}  # {name}"]
         else:
             lines += [f"MODEL = {name!r}"]
-        lines += ["tok = AutoTokenizer.from_pretrained(MODEL)",
-                  "model = AutoModelForSequenceClassification.from_pretrained(MODEL, num_labels=len(task.labels))"]
+        from .space import resolve_model_path
+        from .worker import sentence_pooling
+        pooling = sentence_pooling(name, resolve_model_path(name, spec), spec)
+        lines += ["tok = AutoTokenizer.from_pretrained(MODEL)"]
+        if pooling is not None:  # a sentence-embedding model: the head the search trained it with
+            lines += ["from xsearch.worker import MeanPoolingForSequenceClassification  # encoder + "
+                      f"{pooling} pooling + linear",
+                      "model = MeanPoolingForSequenceClassification.from_encoder(MODEL, num_labels=len(task.labels), "
+                      f"pooling={pooling!r})"]
+        else:
+            lines += ["model = AutoModelForSequenceClassification.from_pretrained(MODEL, num_labels=len(task.labels))"]
     if method == "lora":
         targets = spec.get("lora_target_modules")
         lines += ["from peft import LoraConfig, TaskType, get_peft_model",
@@ -188,5 +197,7 @@ def summary_dict(result: "SearchResult") -> dict[str, Any]:
         "skipped": dict(result.skipped), "skipped_total": int(sum(result.skipped.values())),
         "generations": result.generations, "budget_s": result.budget_s, "used_s": round(result.used_s, 1),
         "used_kwh": result.used_kwh, "stop_reason": result.stop_reason,
+        "workers": getattr(result, "workers", 1), "compute_s": round(getattr(result, "compute_s", 0.0), 1),
+        "gpu_s": round(getattr(result, "gpu_s", 0.0), 1),
         "pareto_size": len(result.pareto()),
     }

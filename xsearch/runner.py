@@ -49,6 +49,9 @@ class SearchResult:
     distribution: Distribution
     budget_s: float
     skip_log: list[Skip] = field(default_factory=list)
+    compute_s: float = 0.0  # sum of the candidates' own times (> wall time with several workers)
+    gpu_s: float = 0.0
+    workers: int = 1
 
     @property
     def outcomes(self) -> list[Outcome]:
@@ -216,6 +219,88 @@ def run_loop(space: SearchSpace, evaluator: Evaluator, settings: SearchSettings,
                       started_at=started_at).run()
 
 
+class ParallelLoop(SearchLoop):
+    """Up to ``executor.slots`` candidates in flight: the search is asked whenever a slot is free
+    and told each outcome as it arrives, in any order (a pending candidate is never proposed
+    twice; the distribution moves every ``population`` outcomes, not waiting for the slowest).
+    The wall budget is wall time; compute seconds (the sum of the candidates' own times), GPU
+    seconds and energy are summed, and ``--energy-budget`` bounds the energy. No candidate
+    starts when what is left of the wall budget cannot hold its (calibrated) predicted runtime."""
+
+    def __init__(self, search: EvolutionarySearch, executor: Any, settings: SearchSettings, search_id: str,
+                 journal: Iterable[Outcome] = (), used_before_s: float = 0.0, used_before_kwh: float = 0.0,
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic, started_at: float | None = None,
+                 gpus_per_candidate: float = 0.0, poll_s: float = 0.5):
+        super().__init__(search, executor, settings, search_id, journal, used_before_s, used_before_kwh, on_event,
+                         clock, started_at)
+        self.executor, self.gpus_per_candidate, self.poll_s = executor, gpus_per_candidate, poll_s
+        self.compute_s = 0.0
+        self.in_flight: dict[int, tuple[Any, float]] = {}
+
+    @property
+    def used_s(self) -> float:
+        return self.used_before_s + max(self.clock() - self._t0, 0.0)
+
+    def _stop_reason(self) -> str | None:
+        s = self.settings
+        if s.max_evals is not None and self.n_evals + len(self.in_flight) >= s.max_evals:
+            return "max_evals"
+        return super()._stop_reason()
+
+    def _fill(self) -> bool:
+        """Submit candidates while a slot is free; False when the search had none to give."""
+        while len(self.in_flight) < self.executor.slots and self._stop_reason() is None:
+            timeout = self.candidate_timeout()
+            n_skips = len(self.search.skip_log)
+            prop = self.search.ask(timeout, self.remaining_kwh)
+            for sk in self.search.skip_log[n_skips:]:
+                self.on_event("skipped", {"config": sk.config, "reason": sk.reason, "predicted": sk.predicted})
+            if prop is None:
+                return False
+            self.on_event("start", {"config": prop.config, "timeout_s": timeout, "predicted": prop.predicted,
+                                    "in_flight": len(self.in_flight) + 1})
+            ticket = self.executor.submit(prop.config, timeout)
+            self.in_flight[ticket] = (prop, self.clock())
+        return True
+
+    def run(self) -> SearchResult:
+        for o in self.journal:  # resume: what ran before is known, not run again
+            o.from_journal = True
+            self.search.tell(o.config, o)
+            self._record(Evaluation(o, self.search.generation, {}, 0.0, "journal"))
+        generation, idle, stop = self.search.generation, 0, None
+        while True:
+            gave = self._fill()
+            if not self.in_flight:
+                stop = self._stop_reason()
+                if stop is None and not gave:
+                    idle += 1
+                    if self.search.candidates is not None or idle >= self.settings.max_idle_generations:
+                        stop = "no_candidate"  # no admissible candidate is left
+                if stop is not None:
+                    break
+                continue
+            for ticket, out in self.executor.wait(timeout=self.poll_s):
+                prop, _ = self.in_flight.pop(ticket)
+                idle = 0
+                self.compute_s += out.wall_s
+                self._kwh += out.energy_kwh or 0.0
+                self.search.tell(prop.config, out)
+                self._record(Evaluation(out, self.search.generation, prop.predicted, out.wall_s, prop.source))
+                if self.search.generation != generation:
+                    generation = self.search.generation
+                    self.on_event("generation", {"generation": generation})
+        self.on_event("done", {"stop_reason": stop})
+        s = self.search
+        res = SearchResult(self.search_id, self.evaluations, s.skipped, s.generation, self.used_s, self.used_kwh,
+                           stop or "done", s.initial, s.dist, self.settings.budget_s, list(s.skip_log))
+        res.compute_s = self.compute_s
+        res.gpu_s = self.compute_s * self.gpus_per_candidate
+        res.workers = self.executor.slots
+        return res
+
+
 # ---- orchestration: data, experience, estimators, warm start, evaluator, journal, reports ----------------
 MANIFEST_DIR = "searches"
 MAX_SKIP_LOG = 500  # skips kept in the manifest (the newest)
@@ -370,20 +455,38 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
                max_train: int | None = None, max_eval: int | None = None, energy: bool = True,
                max_candidate_s: float | None = None, search_id: str | None = None,
                on_event: Callable[[str, dict[str, Any]], None] | None = None,
-               space: SearchSpace | None = None) -> tuple[SearchResult, dict[str, Path]]:
+               space: SearchSpace | None = None, executor: str = "local", workers: int = 1,
+               gpus_per_candidate: float | None = None, cpus_per_candidate: float = 1.0,
+               ray_address: str | None = None, slurm_partition: str | None = None
+               ) -> tuple[SearchResult, dict[str, Path]]:
     """Run (or resume) a search end to end; returns the result and the paths of the reports.
+
+    ``executor`` (local | ray | slurm) and ``workers`` choose where and how many candidates run
+    at once (xsearch.executors); the other executor arguments are resources per candidate.
 
     On ``resume=SEARCH_ID`` the settings come from the search's manifest
     (``$XLOG_HOME/searches/ID.json``); budget options given here (``budget_s``, ``max_evals``,
-    ``energy_budget_kwh``) replace the recorded ones. ``budget_s`` defaults to 300 s.
+    ``energy_budget_kwh``) replace the recorded ones. ``budget_s`` defaults to 300 s (None means
+    the default, not 0: a limit that is not a positive number is refused with a ValueError).
     """
+    import math
+    import numbers
+    for what, value, integral in (("budget_s", budget_s, False), ("energy_budget_kwh", energy_budget_kwh, False),
+                                  ("max_evals", max_evals, True), ("max_candidate_s", max_candidate_s, False),
+                                  ("memory_limit_gb", memory_limit_gb, False), ("population", population, True),
+                                  ("max_train", max_train, True), ("max_eval", max_eval, True)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or (integral and int(value) != value):
+            raise ValueError(f"{what} must be a {'whole ' if integral else ''}number more than 0, not {value!r}")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{what} must be more than 0, not {value!r}")
     import tempfile
     from pathlib import Path
 
     from xlog.store import LocalStore
 
     from .data import load_task
-    from .evaluator import SubprocessEvaluator
 
     started = time.monotonic()
     store = LocalStore(store_root)
@@ -401,10 +504,17 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         # Budget options given to the resume replace the recorded ones (e.g. to extend a search).
         energy_budget_kwh = energy_budget_kwh if energy_budget_kwh is not None else opts["energy_budget_kwh"]
         max_evals = max_evals if max_evals is not None else opts["max_evals"]
-        budget_s = float(budget_s) if budget_s else float(opts["budget_s"])
+        budget_s = float(budget_s) if budget_s is not None else float(opts["budget_s"])
         seed, memory_limit_gb, population = opts["seed"], opts["memory_limit_gb"], opts["population"]
         max_train, max_eval, energy = opts.get("max_train"), opts.get("max_eval"), opts.get("energy", True)
         max_candidate_s = opts.get("max_candidate_s")
+        recorded = opts.get("executor") or {}
+        if executor == "local" and workers == 1 and recorded:  # not given again: as recorded
+            executor, workers = recorded.get("name", "local"), int(recorded.get("workers", 1))
+            gpus_per_candidate = recorded.get("gpus_per_candidate", gpus_per_candidate)
+            cpus_per_candidate = recorded.get("cpus_per_candidate", cpus_per_candidate)
+            ray_address = recorded.get("ray_address", ray_address)
+            slurm_partition = recorded.get("slurm_partition", slurm_partition)
         out_dir = opts["out_dir"] if out_dir == "xsearch-out" else out_dir
         space = SearchSpace.from_dict(man["space"])
         initial = _dist_from_json(man["initial_distribution"])
@@ -416,7 +526,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         warm = bool(opts.get("warm", True))
     else:
         search_id = search_id or new_search_id()
-        budget_s = float(budget_s) if budget_s else 300.0
+        budget_s = float(budget_s) if budget_s is not None else 300.0
         space = space or SearchSpace.load(space_path)
         initial, used_before_s, used_before_kwh, skipped_before, similar = None, 0.0, 0.0, Counter(), []
         man = {}
@@ -424,15 +534,19 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
     task = load_task(data, text_column, label_column, seed=seed, max_train=max_train, max_eval=max_eval)
     work = Path(tempfile.mkdtemp(prefix=f"xsearch-{search_id}-"))
     task.save(work / "task")
-    evaluator = SubprocessEvaluator(work / "task", space, store, search_id, task_name=task.name,
-                                    memory_limit_gb=memory_limit_gb, energy=energy, seed=seed,
-                                    work_dir=Path(out_dir) / "runs" / search_id)  # worker logs stay for the user
+    from .executors import ExecutorSettings, make_executor
+    exec_settings = ExecutorSettings(workers=workers, gpus_per_candidate=gpus_per_candidate,
+                                     cpus_per_candidate=cpus_per_candidate, memory_gb=memory_limit_gb,
+                                     ray_address=ray_address, slurm_partition=slurm_partition)
+    run_dir = Path(out_dir) / "runs" / search_id  # worker logs stay for the user
+    pool = make_executor(executor, exec_settings, task_dir=work / "task", space=space, store=store,
+                         search_id=search_id, task_name=task.name, seed=seed, energy=energy, work_dir=run_dir)
     import threading
     warm_err: list[BaseException] = []
 
     def _warm_up() -> None:
         try:
-            evaluator.warm_up()
+            getattr(pool, "warm_up", lambda: None)()
         except BaseException as exc:  # reported when the first candidate starts
             warm_err.append(exc)
     warmer = threading.Thread(target=_warm_up, name="xsearch-warm-up", daemon=True)
@@ -469,7 +583,8 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
                         "label_column": label_column, "budget_s": budget_s, "energy_budget_kwh": energy_budget_kwh,
                         "max_evals": max_evals, "seed": seed, "memory_limit_gb": memory_limit_gb,
                         "population": population, "max_train": max_train, "max_eval": max_eval, "energy": energy,
-                        "max_candidate_s": max_candidate_s, "out_dir": str(Path(out_dir).resolve()), "warm": warm},
+                        "max_candidate_s": max_candidate_s, "out_dir": str(Path(out_dir).resolve()), "warm": warm,
+                        "executor": {"name": executor, **exec_settings.to_dict()}},
             "task_name": task.name, "initial_distribution": _dist_to_json(initial), "similar_tasks": similar,
             "walls": dict(walls), "used_s": used_before_s, "used_kwh": used_before_kwh,
             "skipped": dict(skipped_before),
@@ -484,7 +599,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         emit("begin", {"search_id": search_id, "budget_s": budget_s, "used_before_s": used_before_s,
                        "warm_started": bool(similar), "similar_tasks": similar, "journal": len(journal)})
 
-        loop: SearchLoop
+        loop: ParallelLoop
 
         def checkpoint(kind: str, info: dict[str, Any]) -> None:
             if kind == "start" and warm_err:
@@ -499,17 +614,19 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
                         {"config": info["config"], "reason": info["reason"], "predicted": info["predicted"]}])[-MAX_SKIP_LOG:]
                 manifest["used_s"] = loop.used_s
                 manifest["used_kwh"] = loop.used_kwh
+                manifest["compute_s"] = loop.compute_s
                 manifest["skipped"] = dict(skipped_before + loop.skipped)
                 manifest["generation"] = loop.generation
                 _write_json_atomic(mpath, manifest)
             emit(kind, {**info, "search": loop})
 
         search = EvolutionarySearch(space, settings, initial_distribution=initial, predictor=predictor, seeds=seeds)
-        loop = SearchLoop(search, evaluator, settings, search_id, journal, used_before_s, used_before_kwh,
-                          checkpoint, started_at=started)
+        loop = ParallelLoop(search, pool, settings, search_id, journal, used_before_s, used_before_kwh,
+                            checkpoint, started_at=started,
+                            gpus_per_candidate=float(getattr(pool, "gpus_per_candidate", 0.0)))
         result = loop.run()
         result.skipped.update(skipped_before)
-        manifest.update(status="finished", used_s=result.used_s, used_kwh=result.used_kwh,
+        manifest.update(status="finished", used_s=result.used_s, used_kwh=result.used_kwh, compute_s=result.compute_s,
                         skipped=dict(result.skipped), stop_reason=result.stop_reason, generation=result.generations)
         _write_json_atomic(mpath, manifest)
         paths = __import__("xsearch.report", fromlist=["write_reports"]).write_reports(
@@ -519,6 +636,6 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         emit("reports", {"paths": paths, "result": result})
         return result, paths
     finally:
-        evaluator.close()
+        pool.close()
         import shutil
         shutil.rmtree(work, ignore_errors=True)
