@@ -5,6 +5,7 @@ usage: python failing_run.py MODE OUT_DIR   (MODE: oom | cuda-oom | wait)
   cuda-oom  on a GPU, a 2048-wide model whose gradients and Adam states exceed a 1 GiB cap on
             CUDA's caching allocator: a real torch.OutOfMemoryError from CUDA allocation
   wait  trains "forever"; writes OUT_DIR/started after a few steps so the test can signal it
+        (or kill it: $FAILING_RUN_HEARTBEAT_S sets the callback's heartbeat_s, default 30)
 """
 import os
 import resource
@@ -44,7 +45,8 @@ def main() -> None:
         train = train.select([i % len(train) for i in range(2048)])
         torch.cuda.set_per_process_memory_fraction((1 << 30) / torch.cuda.get_device_properties(0).total_memory)
     trainer = Trainer(model=model, args=tiny.training_args(out / "o", **kw), train_dataset=train,
-                      processing_class=tiny.tokenizer(), callbacks=[XLogCallback(task_name="fail"), Started()])
+                      processing_class=tiny.tokenizer(), callbacks=[XLogCallback(task_name="fail", heartbeat_s=float(os.environ.get("FAILING_RUN_HEARTBEAT_S", 30))),
+                                 Started()])
     trainer.train()
 
 

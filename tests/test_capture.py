@@ -190,3 +190,79 @@ def test_energy_metered_with_codecarbon(tmp_path, monkeypatch):
     assert r["energy_kwh"] > 0 and r["energy_cpu_kwh"] > 0 and r["energy_co2_kg"] > 0
     assert r["energy_kwh"] == pytest.approx(r["energy_cpu_kwh"] + r["energy_ram_kwh"] + (r["energy_gpu_kwh"] or 0))
     assert r["energy_country_iso_code"] == "FRA"
+
+
+def test_percentage_scores_are_rescaled_and_the_run_is_kept(store, tmp_path):
+    # The `evaluate` SQuAD metric returns F1 and exact match in percent: the schema wants fractions.
+    def percent_metrics(eval_pred):
+        m = tiny.compute_metrics(eval_pred)
+        return {"f1": 100 * m["f1"], "exact_match": 100 * m["accuracy"], "accuracy": m["accuracy"],
+                "precision": 250.0, "recall": 1.0 + 1e-12, "custom_score": 42.0}
+    train, evald = tiny.classification_datasets()
+    trainer = Trainer(model=tiny.bert_classifier(), args=tiny.training_args(tmp_path / "o", eval_strategy="epoch"),
+                      train_dataset=train, eval_dataset=evald, processing_class=tiny.tokenizer(),
+                      compute_metrics=percent_metrics, callbacks=[XLogCallback(task_name="squad_like")])
+    with pytest.warns(UserWarning) as caught:
+        trainer.train()
+    texts = " ".join(str(w.message) for w in caught)
+    assert "eval_f1" in texts and "percentage" in texts and "eval_precision" in texts and "left out" in texts
+    r = only_record(store)  # kept in the store, not only as JSON in quarantine
+    assert not store.quarantine_dir.exists()
+    m, acc = r["outcome_metrics"], r["outcome_metrics"]["eval_accuracy"]
+    assert m["eval_exact_match"] == pytest.approx(acc) and 0 <= m["eval_f1"] <= 1
+    assert r["outcome_primary_metric"] == "eval_f1" and r["outcome_primary_value"] == m["eval_f1"]
+    assert "eval_precision" not in m  # 250 is no score, in percent or not
+    assert m["eval_recall"] == 1.0 and m["eval_custom_score"] == 42.0  # rounding clipped; unbounded names kept
+
+
+def test_slow_features_run_off_the_training_thread(store, tmp_path, monkeypatch):
+    import threading
+    from xlog import callback as cbmod
+    seen = {}
+    real_probe = cbmod.probe_hardware
+
+    def probe(*a, **kw):
+        seen["hardware"] = threading.current_thread().name
+        return real_probe(*a, **kw)
+    monkeypatch.setattr(cbmod, "probe_hardware", probe)
+    train, evald = tiny.classification_datasets()
+    trainer, cb = run(tiny.bert_classifier(), tmp_path, train, evald)
+    assert seen["hardware"] == "xlog-features" != threading.current_thread().name
+    r = only_record(store)  # joined before the record closed: nothing lost
+    assert r["hw_cpu_cores"] >= 1 and r["task_n_train"] == 150 and r["task_tokens_mean"] > 1
+
+
+def test_collator_tokenizing_on_the_fly_with_the_same_tokenizer(store, tmp_path):
+    # The background features use a private copy of the tokenizer: the collator's calls (truncation
+    # and padding changes on the shared Rust backend) and the features never meet.
+    from datasets import Dataset
+    from xlog.taskfeatures import compute_task_features
+    tok = tiny.tokenizer()
+    df = tiny.sms_frame(200)
+    raw = Dataset.from_dict({"text": df["text"].tolist(), "label": (df["label"] == "spam").astype(int).tolist()})
+
+    def collate(rows):
+        enc = tok([r["text"] for r in rows], truncation=True, max_length=16, padding=True, return_tensors="pt")
+        enc["labels"] = torch.tensor([r["label"] for r in rows])
+        return enc
+    trainer = Trainer(model=tiny.bert_classifier(), args=tiny.training_args(tmp_path / "o", remove_unused_columns=False),
+                      train_dataset=raw, data_collator=collate, processing_class=tok, callbacks=[XLogCallback()])
+    trainer.train()
+    r = only_record(store)
+    expected = compute_task_features(raw, None, tok)
+    assert r["task_tokens_mean"] == pytest.approx(expected["task_tokens_mean"])  # untruncated lengths
+    assert r["task_tokens_mean"] > 16
+
+
+def test_codecarbon_gets_the_cpu_name_without_a_second_interpreter():
+    import cpuinfo
+    from codecarbon.core import util as cc_util
+    from xlog.energy import prime_codecarbon_cpu_model
+    from xlog.hardware import proc_cpu_model
+    if not proc_cpu_model():
+        pytest.skip("no model name in /proc/cpuinfo here: codecarbon asks py-cpuinfo itself")
+    original = cpuinfo.get_cpu_info
+    cc_util.detect_cpu_model.cache_clear()
+    assert prime_codecarbon_cpu_model()
+    assert cc_util.detect_cpu_model() == proc_cpu_model()
+    assert cpuinfo.get_cpu_info is original  # swapped for that one call only

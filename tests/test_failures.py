@@ -150,3 +150,48 @@ def test_sigint_in_subprocess(tmp_path):
     assert p.returncode != 0
     r = the_record(tmp_path / "home")
     assert (r["status"], r["error_type"]) == ("interrupted", "KeyboardInterrupt")
+
+
+# ---- divergence: a NaN/inf or exploding loss is a failure, not a poor completed run ----------------
+def test_exploding_loss_is_failed_diverged_and_counts_as_failure(home, tmp_path):
+    from xsearch.estimators import failure_target, records_frame
+    torch.manual_seed(0)  # the model's initial weights: a reproducible explosion
+    train, evald = tiny.classification_datasets()
+    cb = XLogCallback(task_name="t", stop_on_divergence=True)
+    trainer = Trainer(model=tiny.bert_classifier(), args=tiny.training_args(tmp_path / "o", learning_rate=1e3,
+                                                                           logging_steps=1),
+                      train_dataset=train, eval_dataset=evald, processing_class=tiny.tokenizer(),
+                      compute_metrics=tiny.compute_metrics, callbacks=[cb])
+    trainer.train()
+    r = the_record(home)
+    assert (r["status"], r["error_type"]) == ("failed", "Diverged")
+    assert "exploded" in r["error_message"] and "stopped there (stop_on_divergence)" in r["error_message"]
+    assert r["outcome_steps_completed"] < 10  # stopped early instead of training on
+    assert failure_target(records_frame([r])).tolist() == [1.0]  # the estimators learn it as a failure
+
+
+class CorruptWeights(TrainerCallback):
+    """Turns the classifier's weights into NaN after a few steps, as an overflow would."""
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if state.global_step == 3:
+            with torch.no_grad():
+                model.classifier.weight.fill_(float("nan"))
+
+
+def test_nan_loss_hidden_by_the_trainer_is_failed_diverged(home, tmp_path):
+    # The Trainer's logging_nan_inf_filter (on by default) logs NaN steps as the window's average:
+    # the end-of-training check of the trainable parameters still sees the divergence.
+    trainer = _trainer(tmp_path, CorruptWeights())
+    trainer.train()
+    r = the_record(home)
+    assert (r["status"], r["error_type"]) == ("failed", "Diverged")
+    assert "NaN or infinity" in r["error_message"] and r["outcome_steps_completed"] == 10
+
+
+def test_nan_loss_in_the_logs_is_failed_diverged(home, tmp_path):
+    trainer = _trainer(tmp_path, CorruptWeights(), logging_nan_inf_filter=False, eval_strategy="epoch")
+    trainer.train()
+    r = the_record(home)
+    assert (r["status"], r["error_type"]) == ("failed", "Diverged")
+    assert r["error_message"].startswith("the training loss became nan at step 4")

@@ -6,30 +6,45 @@ import functools
 import inspect
 import json
 import logging
+import math
 import os
+import re
 import signal
 import sys
 import threading
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from transformers import TrainerCallback
 
 from . import __version__
 from . import schema as S
 from .energy import EnergyMeter
-from .failure import classify_exception, error_fields
+from .failure import DIVERGED, classify_exception, error_fields, loss_divergence, nonfinite_parameter
 from .hardware import probe_hardware
 from .modelfeatures import compute_model_features
 from .privacy import scrub_text, scrub_user_value
 from .store import LocalStore
-from .taskfeatures import DEFAULT_MAX_SAMPLE, compute_task_features
+from .taskfeatures import DEFAULT_MAX_SAMPLE, task_features_job
 from .trainfeatures import compute_train_features
 
 log = logging.getLogger("xlog")
 _PRIMARY_CANDIDATES = ("eval_f1", "eval_f1_macro", "eval_macro_f1", "eval_accuracy", "eval_loss")
+HEARTBEAT_S = 30.0  # default seconds between provisional-record updates at logging steps
+FEATURES_JOIN_S = 60.0  # how long closing a record waits for the background feature probes
+_score_bounds: list[tuple[re.Pattern, float, float]] = []
+
+
+def _metric_bounds() -> list[tuple[re.Pattern, float, float]]:
+    """(name pattern, minimum, maximum) of the metrics the schema bounds (scores in [0, 1])."""
+    if not _score_bounds:
+        field = next((f for f in S.fields() if f.name == "outcome_metrics"), None)
+        for pattern, lo, hi, _ in (field.key_bounds if field is not None else ()):
+            _score_bounds.append((re.compile(pattern), -math.inf if lo is None else lo, math.inf if hi is None else hi))
+    return _score_bounds
 
 
 def _now() -> datetime:
@@ -85,6 +100,19 @@ class XLogCallback(TrainerCallback):
         max_seq_length: the maximum sequence length your preprocessing uses, if the data is not
             pre-tokenized (the Trainer does not know it).
         model_name: a public name for the model if ``config._name_or_path`` is a local path.
+        stop_on_divergence: stop training (``control.should_training_stop``) as soon as a logged loss
+            shows the run diverged (NaN/inf, or above 1e4 x the first logged loss). Off by default: the
+            run is recorded as ``failed``/``Diverged`` either way.
+        heartbeat_s: at most this often (seconds) the provisional record is updated at a logging step
+            with the latest numbers, so that a run killed with SIGKILL keeps them (default 30; every
+            evaluation updates it too).
+
+    Life cycle: at train begin a provisional record is opened under ``$XLOG_HOME/provisional/``
+    (invisible to queries); features that take time (task meta-features, hardware, energy metering)
+    are computed in a background thread while training starts. At the end (or on an exception,
+    SIGTERM, Ctrl-C, exit) the final record is written atomically and the provisional one removed. A
+    process killed outright (SIGKILL, the out-of-memory killer) leaves the provisional record, which
+    the next ``xlog``/``xsearch`` command on the machine turns into a record (``LocalStore.close_orphans``).
     """
 
     def __init__(self, task_name: str | None = None, task_type: str | None = None, language: str | None = None,
@@ -93,7 +121,8 @@ class XLogCallback(TrainerCallback):
                  label_column: str | None = None, max_sample: int = DEFAULT_MAX_SAMPLE,
                  primary_metric: str | None = None, greater_is_better: bool | None = None,
                  energy: bool = True, country_iso_code: str | None = None, max_seq_length: int | None = None,
-                 model_name: str | None = None, extra_secrets: tuple[str, ...] = ()):
+                 model_name: str | None = None, extra_secrets: tuple[str, ...] = (),
+                 stop_on_divergence: bool = False, heartbeat_s: float = HEARTBEAT_S):
         # User-given strings are public once pushed: scrubbed now (a PrivacyWarning says what
         # changed), as LocalStore.write, `xlog validate`, push and pull check them again.
         self.user = {k: scrub_user_value(k, v) for k, v in (
@@ -110,6 +139,8 @@ class XLogCallback(TrainerCallback):
         self.max_seq_length = max_seq_length
         self.model_name = model_name
         self.extra_secrets = tuple(extra_secrets)
+        self.stop_on_divergence = bool(stop_on_divergence)
+        self.heartbeat_s = float(heartbeat_s)
         self.record: dict[str, Any] | None = None
         self.record_path: Path | None = None
         self._trainer: Any = None
@@ -121,6 +152,17 @@ class XLogCallback(TrainerCallback):
         self._active = True
         self._prev_sigterm: Any = None
         self._lock = threading.RLock()
+        # Life cycle: the feature probes that run in the background, and the provisional record.
+        self._job: Callable[[], dict[str, Any]] | None = None
+        self._bg: threading.Thread | None = None
+        self._beat_lock = threading.RLock()  # reentrant: a SIGTERM handler may close mid-write
+        self._last_beat = 0.0
+        self._store_warned = False
+        # Divergence: the first logged training loss, and why the run diverged (None while it has not).
+        self._first_loss: float | None = None
+        self._diverged: str | None = None
+        self._stopped_early = False
+        self._warned_metrics: set[str] = set()
 
     # ---- Trainer events -------------------------------------------------------------------
     def on_init_end(self, args, state, control, **kwargs):
@@ -148,34 +190,118 @@ class XLogCallback(TrainerCallback):
         if self.record is not None and not self._closed:
             return control  # a second train() call on the same open record
         self._open(args, state, model, processing_class, train_dataloader, eval_dataloader)
+        # After _open (which a subclass may extend, e.g. to fix the record id): the provisional
+        # record, then the slow feature probes, in a background thread.
+        self._start_background()
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs:  # only at logging steps: keep the latest numbers, nothing more
-            self._last_logs.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
+        if not logs:
+            return control
+        # Only at logging steps: keep the latest numbers, check the loss, nothing more.
+        self._last_logs.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
+        if not self._active or self.record is None or self._closed:
+            return control
+        if self._diverged is None:
+            step = getattr(state, "global_step", None)
+            why = loss_divergence(logs.get("loss"), self._first_loss, step) or \
+                loss_divergence(logs.get("train_loss"), None, step, "mean training loss")
+            loss = logs.get("loss")
+            if why is None and self._first_loss is None and isinstance(loss, (int, float)) and not isinstance(loss, bool):
+                self._first_loss = float(loss)
+            if why is not None:
+                self._set_diverged(why, state)
+        self._maybe_stop(control)
+        if time.monotonic() - self._last_beat >= self.heartbeat_s:
+            self._heartbeat(state, wait=False)
         return control
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not self._active or not metrics:
             return control
-        self._eval_metrics = {k: float(v) for k, v in metrics.items() if k != "epoch"
-                              and isinstance(v, (int, float)) and not isinstance(v, bool) and S.finite_or_none(v) is not None}
+        if self._diverged is None and self.record is not None:
+            # Only a NaN/inf evaluation loss (first_loss=None): its scale is not the training loss's.
+            why = loss_divergence(metrics.get("eval_loss"), None, getattr(state, "global_step", None), "evaluation loss")
+            if why is not None:
+                self._set_diverged(why, state, beat=False)
+            self._maybe_stop(control)
+        self._eval_metrics = self._score_fractions({
+            k: float(v) for k, v in metrics.items() if k != "epoch"
+            and isinstance(v, (int, float)) and not isinstance(v, bool) and S.finite_or_none(v) is not None})
         if self._closed and self.record is not None:
             # An evaluate() after training updates the outcome of the record already written.
             with self._lock:
                 self._fill_outcome(state)
+                self._apply_divergence()
                 self._write()
+        elif self.record is not None:
+            self._heartbeat(state, wait=False)
         return control
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
         if self._active and self.record is not None and not self._closed:
+            if self._diverged is None:  # what the Trainer's NaN filter may have hidden from the logs
+                name = nonfinite_parameter(model if model is not None else getattr(self._trainer, "model", None))
+                if name is not None:
+                    self._diverged = f"trainable parameters hold NaN or infinity at the end of training (e.g. {name})"
+                    log.warning("xlog: the run diverged: %s", self._diverged)
             self._close("completed", state=state)
         return control
+
+    # ---- divergence and metrics ------------------------------------------------------------
+    def _set_diverged(self, why: str, state: Any, beat: bool = True) -> None:
+        self._diverged = why
+        log.warning("xlog: the run diverged: %s; it will be recorded as failed (%s)%s", why, DIVERGED,
+                    "; stopping training (stop_on_divergence)" if self.stop_on_divergence else "")
+        if beat:
+            self._heartbeat(state, wait=False)  # a run killed from now on is still recorded as diverged
+
+    def _maybe_stop(self, control: Any) -> None:
+        if self._diverged is not None and self.stop_on_divergence and not self._closed:
+            control.should_training_stop = True
+            self._stopped_early = True
+
+    def _apply_divergence(self) -> None:
+        """A completed record of a diverged run becomes failed/Diverged (after a late evaluate)."""
+        rec = self.record
+        if rec is not None and self._diverged and rec.get("status") == "completed":
+            rec.update(status="failed", error_type=DIVERGED, error_message=scrub_text(self._diverged)[:2000])
+
+    def _score_fractions(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Scores (F1, accuracy, exact match, precision, recall) are fractions in the record. An
+        obvious percentage (in (1, 100], e.g. the ``evaluate`` SQuAD metric's F1 = 88.5) is rescaled to
+        a fraction, and a value still out of bounds is left out, each with a warning, so that the
+        record stays valid and the run is kept (values within rounding error of a bound are clipped)."""
+        out = dict(metrics)
+        for name, v in metrics.items():
+            for pattern, lo, hi in _metric_bounds():
+                if not pattern.search(name) or lo <= v <= hi:
+                    continue
+                if lo - 1e-9 <= v <= hi + 1e-9:
+                    out[name] = min(max(v, lo), hi)
+                elif (lo, hi) == (0, 1) and 1 < v <= 100:
+                    out[name] = v / 100
+                    self._warn_metric(name, f"xlog: metric {name} = {v:g} looks like a percentage; "
+                                            f"recorded as the fraction {v / 100:g} (scores are fractions in [0, 1])")
+                else:
+                    del out[name]
+                    self._warn_metric(name, f"xlog: metric {name} = {v:g} is outside [{lo:g}, {hi:g}] for a score "
+                                            "and is left out of the record")
+                break
+        return out
+
+    def _warn_metric(self, name: str, msg: str) -> None:
+        if name not in self._warned_metrics:  # once per metric and run, not at every evaluation
+            self._warned_metrics.add(name)
+            warnings.warn(msg, UserWarning, stacklevel=3)
+            log.warning(msg)
 
     # ---- record life cycle ----------------------------------------------------------------
     def _open(self, args, state, model, tokenizer, train_dl, eval_dl) -> None:
         self._t0 = time.monotonic()
         self._closed = False
+        self._first_loss, self._diverged, self._stopped_early = None, None, False
+        self._bg, self._job, self._last_beat = None, None, 0.0
         rec: dict[str, Any] = {name: None for name in S.field_names()}
         rec.update(record_id=S.new_record_id(), schema_version=S.CURRENT_VERSION, created_at=_now(),
                    xlog_version=__version__, source="xlog", contributor=self.contributor,
@@ -197,15 +323,31 @@ class XLogCallback(TrainerCallback):
         if eval_ds is None and eval_dl is not None:
             eval_ds = getattr(eval_dl, "dataset", None)
         # Each probe is isolated: a feature that cannot be computed stays null, training goes on.
+        # Model and hyperparameters (milliseconds) now; task meta-features and hardware later, in a
+        # background thread (see _start_background), after what must be read on this thread is read.
         for fn in (lambda: compute_model_features(model, self.model_name),
-                   lambda: compute_train_features(args, state, rec.get("model_dtype")),
-                   lambda: compute_task_features(train_ds, eval_ds, tokenizer, self.text_column,
-                                                 self.label_column, self.max_sample),
-                   lambda: probe_hardware(self._device_type(model, args))):
+                   lambda: compute_train_features(args, state, rec.get("model_dtype"))):
             try:
                 rec.update({k: v for k, v in fn().items() if k in rec})
             except Exception as exc:
                 log.warning("xlog: a feature probe failed (%s: %s); its fields stay null", type(exc).__name__, exc)
+        try:
+            task_job = task_features_job(train_ds, eval_ds, tokenizer, self.text_column, self.label_column,
+                                         self.max_sample)
+        except Exception as exc:
+            log.warning("xlog: a feature probe failed (%s: %s); its fields stay null", type(exc).__name__, exc)
+            task_job = dict
+        device = self._device_type(model, args)
+
+        def job() -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for fn in (task_job, lambda: probe_hardware(device)):
+                try:
+                    out.update(fn())
+                except Exception as exc:
+                    log.warning("xlog: a feature probe failed (%s: %s); its fields stay null", type(exc).__name__, exc)
+            return out
+        self._job = job
         if self.max_seq_length:
             rec["train_max_seq_length"] = int(self.max_seq_length)
         rec.update({k: v for k, v in self.user.items() if v})
@@ -218,6 +360,80 @@ class XLogCallback(TrainerCallback):
                 torch.cuda.reset_peak_memory_stats()
         except Exception:
             pass
+
+    def _merge_features(self, feats: Mapping[str, Any]) -> None:
+        rec = self.record
+        if rec is None:
+            return
+        feats = {k: v for k, v in feats.items() if k in rec}
+        if self.max_seq_length:
+            feats.pop("train_max_seq_length", None)  # the user's value wins over the sampled one
+        rec.update(feats)
+
+    def _start_background(self) -> None:
+        """Open the provisional record, then run the feature probes, off the training thread."""
+        job, self._job = self._job, None
+
+        def run() -> None:
+            self._beat()
+            if job is not None:
+                self._merge_features(job())
+                self._beat()
+        self._bg = threading.Thread(target=run, name="xlog-features", daemon=True)
+        self._bg.start()
+
+    def _finish_background(self) -> None:
+        """Wait for the feature probes (or run them here if they never started) before closing."""
+        bg = self._bg
+        if bg is not None and bg is not threading.current_thread():
+            bg.join(FEATURES_JOIN_S)
+            if bg.is_alive():
+                log.warning("xlog: the feature probes did not finish within %.0f s; their fields stay null",
+                            FEATURES_JOIN_S)
+        job, self._job = self._job, None
+        if job is not None:  # the run failed before train begin: no background thread was started
+            self._merge_features(job())
+
+    def _heartbeat(self, state: Any, wait: bool) -> None:
+        """Update the provisional record with the latest numbers (at evaluations and logging steps)."""
+        if self.record is None or self._closed:
+            return
+        self._last_beat = time.monotonic()  # the first logging step always writes, then every heartbeat_s
+        try:
+            self._fill_outcome(state)
+        except Exception:
+            pass
+        self._beat(wait=wait)
+
+    def _beat(self, wait: bool = True) -> None:
+        """Write the provisional record as known now; a store that cannot be written is reported once."""
+        if not self._beat_lock.acquire(timeout=5 if wait else 0):
+            return  # another thread is writing it right now
+        try:
+            rec = self.record
+            if rec is None or self._closed:
+                return
+            rec["outcome_peak_rss_gb"] = _peak_rss_gb()
+            self.store.write_provisional(dict(rec), elapsed_s=time.monotonic() - self._t0 if self._t0 else None,
+                                         diverged=self._diverged)
+        except Exception as exc:
+            if not self._store_warned:
+                self._store_warned = True
+                log.warning("xlog: cannot write the provisional record in %s (%s: %s): if this process is killed "
+                            "(SIGKILL, out of memory) the run leaves no record", self.store.root,
+                            type(exc).__name__, exc)
+        finally:
+            self._beat_lock.release()
+
+    def _discard_provisional(self, record_id: str) -> None:
+        got = self._beat_lock.acquire(timeout=5)  # after a background write in flight, never before
+        try:
+            self.store.discard_provisional(record_id)
+        except OSError as exc:
+            log.warning("xlog: could not remove the provisional record %s (%s)", record_id, exc)
+        finally:
+            if got:
+                self._beat_lock.release()
 
     @staticmethod
     def _device_type(model: Any, args: Any) -> str | None:
@@ -272,11 +488,20 @@ class XLogCallback(TrainerCallback):
 
     def _close(self, status: str, exc: BaseException | None = None, state: Any = None,
                message: str | None = None, error_type: str | None = None) -> None:
+        if self.record is None or self._closed:
+            return
+        self._finish_background()  # outside the lock: the probes' thread never waits for it
         with self._lock:
             if self.record is None or self._closed:
                 return
             self._closed = True
             rec = self.record
+            if self._diverged and status in ("completed", "interrupted"):
+                # A diverged run is a failure of its configuration, however it ended.
+                how = ("training was stopped there (stop_on_divergence)" if self._stopped_early and status == "completed"
+                       else "training then ran to its end" if status == "completed"
+                       else f"then the run was interrupted ({message or (type(exc).__name__ if exc else 'exit')})")
+                status, exc, error_type, message = "failed", None, DIVERGED, f"{self._diverged}; {how}"
             state = state if state is not None else getattr(self._trainer, "state", None)
             try:
                 self._fill_outcome(state)
@@ -305,7 +530,12 @@ class XLogCallback(TrainerCallback):
             else:
                 rec["energy_source"] = "none"
             self._uninstall_exit_hooks()
-            self._write()
+            try:
+                self._write()
+            finally:
+                # Written, or kept in quarantine, or impossible to keep: either way the run is closed,
+                # and its provisional record must not become an "interrupted" record later.
+                self._discard_provisional(rec["record_id"])
 
     def _write(self) -> None:
         rec = self.record
@@ -315,13 +545,18 @@ class XLogCallback(TrainerCallback):
             log.info("xlog: recorded run %s (%s) in %s", rec["record_id"], rec["status"], self.record_path)
         except Exception as exc:
             # Never lose the run: keep it as JSON in the quarantine folder for `xlog validate`.
+            self.record_path = None
             dump = self.store.quarantine_dir / f"{rec['record_id']}.json"
             try:
                 dump.parent.mkdir(parents=True, exist_ok=True)
                 dump.write_text(json.dumps(rec, default=str, indent=1), encoding="utf-8")
-            except OSError:
-                pass
-            log.error("xlog: could not write the record (%s: %s); kept as %s", type(exc).__name__, exc, dump)
+            except OSError as dump_exc:
+                log.error("xlog: could not write the record (%s: %s), nor keep a copy in %s (%s: %s): this run "
+                          "is not recorded", type(exc).__name__, exc, self.store.quarantine_dir,
+                          type(dump_exc).__name__, dump_exc)
+                return
+            log.error("xlog: could not write the record (%s: %s); kept as %s (see `xlog validate`)",
+                      type(exc).__name__, exc, dump)
 
     # ---- failures: the Trainer calls no callback when train() raises ------------------------
     def _wrap_train(self, trainer: Any) -> None:

@@ -56,6 +56,20 @@ def print_table(rows: list[dict], columns: list[tuple[str, int]], headers: dict[
 def main(ctx: click.Context, home: str | None) -> None:
     """Capture fine-tuning runs as experience records and share them."""
     ctx.obj = LocalStore(home)
+    close_orphans(ctx.obj)
+
+
+def close_orphans(store: LocalStore) -> None:
+    """Record the runs on this machine that were killed before they could close their record
+    (``LocalStore.close_orphans``; cheap when there are none). Never stops the command."""
+    try:
+        closed = store.close_orphans()
+    except Exception as exc:  # e.g. a store that cannot be listed: the command itself will say so
+        click.echo(f"xlog: could not check for killed runs ({type(exc).__name__}: {exc})", err=True)
+        return
+    if closed:
+        click.echo(f"xlog: recorded {len(closed)} run(s) that ended without closing their record "
+                   f"(killed, e.g. out of memory): {', '.join(c[:8] for c in closed)}", err=True)
 
 
 @main.command("ls")

@@ -13,8 +13,56 @@ DEFAULT_COUNTRY = "USA"
 MIN_MEASURED_S = 0.5  # below this codecarbon has not taken a real measurement
 
 
+_PRIME_LOCK = threading.Lock()
+
+
+def prime_codecarbon_cpu_model() -> bool:
+    """Give codecarbon the CPU's name from ``/proc/cpuinfo`` so that it does not ask py-cpuinfo.
+
+    codecarbon looks the CPU's name up once per process (``codecarbon.core.util.detect_cpu_model``,
+    cached) through ``cpuinfo.get_cpu_info()``, which starts a second Python interpreter: about 1 s
+    of CPU time, taken from the cores a training run is using (most of codecarbon's start-up cost).
+    On Linux the same brand string is in ``/proc/cpuinfo``; this fills codecarbon's cache with it,
+    swapping ``cpuinfo.get_cpu_info`` for the duration of that one call only. Returns whether
+    codecarbon's cache holds a name now; does nothing (codecarbon asks py-cpuinfo itself) where
+    ``/proc/cpuinfo`` has no model name or codecarbon's internals are not the expected ones.
+    """
+    from .hardware import proc_cpu_model
+    name = proc_cpu_model()
+    if not name:
+        return False
+    try:
+        import cpuinfo
+        from codecarbon.core import util as cc_util
+    except Exception:
+        return False
+    detect = getattr(cc_util, "detect_cpu_model", None)
+    info = getattr(detect, "cache_info", None)
+    if not callable(info) or not callable(getattr(cpuinfo, "get_cpu_info", None)):
+        return False
+    with _PRIME_LOCK:
+        if info().currsize:
+            return True
+        original = cpuinfo.get_cpu_info
+        cpuinfo.get_cpu_info = lambda: {"brand_raw": name}
+        try:
+            detect()
+        except Exception:
+            return False
+        finally:
+            cpuinfo.get_cpu_info = original
+    return True
+
+
 class EnergyMeter:
-    """Start once, stop once. Never raises: failures end up as ``energy_source='none'``."""
+    """Start once, stop once. Never raises: failures end up as ``energy_source='none'``.
+
+    ``start`` returns at once: NVML's counters and codecarbon's tracker start in a background thread
+    (codecarbon needs about a second to probe the hardware), off the training's critical path. The
+    seconds before they were reading are accounted for in ``stop``: the energy of the whole run is the
+    mean power over the measured window times the run's duration (``energy_measured_s`` says how long
+    the window was).
+    """
 
     def __init__(self, use_codecarbon: bool = True, use_nvml: bool = True,
                  country_iso_code: str | None = None):
@@ -26,19 +74,22 @@ class EnergyMeter:
         self._thread: threading.Thread | None = None
         self._nvml_handles: list = []
         self._nvml_start: list[int] = []
+        self._nvml_t0: float | None = None
         self._t0: float | None = None
         self._run_t0: float | None = None
         self.errors: list[str] = []
 
     def start(self) -> None:
         self._t0 = time.monotonic()
+        if self.use_nvml or self.use_codecarbon:
+            self._thread = threading.Thread(target=self._start_all, name="xlog-energy", daemon=True)
+            self._thread.start()
+
+    def _start_all(self) -> None:
         if self.use_nvml:
             self._start_nvml()
         if self.use_codecarbon:
-            # codecarbon's start probes hardware for about 2 s; a thread keeps that off the
-            # training's critical path. Seconds it missed are accounted for in stop().
-            self._thread = threading.Thread(target=self._start_codecarbon, name="xlog-energy", daemon=True)
-            self._thread.start()
+            self._start_codecarbon()
 
     def mark_run_start(self) -> None:
         """The run to account for starts now (the meter may have been started earlier)."""
@@ -57,12 +108,14 @@ class EnergyMeter:
                 h = pynvml.nvmlDeviceGetHandleByIndex(i)
                 self._nvml_start.append(pynvml.nvmlDeviceGetTotalEnergyConsumption(h))  # mJ
                 self._nvml_handles.append(h)
+            self._nvml_t0 = time.monotonic()
         except Exception as exc:
             self._nvml_handles, self._nvml_start = [], []
             self.errors.append(f"nvml: {type(exc).__name__}")
 
     def _start_codecarbon(self) -> None:
         try:
+            prime_codecarbon_cpu_model()
             from codecarbon import OfflineEmissionsTracker
             cc_log = logging.getLogger("codecarbon")
             cc_log.setLevel(logging.ERROR)
@@ -81,6 +134,8 @@ class EnergyMeter:
         """energy_* fields of the record, for the run from ``mark_run_start`` (or ``start``) to now."""
         end = time.monotonic()
         run_s = end - (self._run_t0 or self._t0 or end)
+        if self._thread is not None:
+            self._thread.join(timeout=30)  # a run shorter than the meter's start-up
         out: dict[str, Any] = {"energy_source": "none"}
         gpu_kwh = None
         if self._nvml_handles:
@@ -88,8 +143,8 @@ class EnergyMeter:
                 import pynvml
                 mj = sum(pynvml.nvmlDeviceGetTotalEnergyConsumption(h) - s
                          for h, s in zip(self._nvml_handles, self._nvml_start))
-                # Counters started with the meter: keep the run's share at the mean power.
-                meter_s = end - (self._t0 or end)
+                # The run's share at the mean power over the window the counters covered.
+                meter_s = time.monotonic() - (self._nvml_t0 or end)
                 gpu_kwh = mj / 3.6e9 * (run_s / meter_s if meter_s > 0 else 1.0)
             except Exception as exc:
                 self.errors.append(f"nvml: {type(exc).__name__}")
@@ -99,14 +154,12 @@ class EnergyMeter:
                 except Exception:
                     pass
         cc = None
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            if self._tracker is not None:
-                try:
-                    self._tracker.stop()
-                    cc = self._tracker.final_emissions_data
-                except Exception as exc:
-                    self.errors.append(f"codecarbon: {type(exc).__name__}: {exc}")
+        if self._tracker is not None:
+            try:
+                self._tracker.stop()
+                cc = self._tracker.final_emissions_data
+            except Exception as exc:
+                self.errors.append(f"codecarbon: {type(exc).__name__}: {exc}")
         measured = time.monotonic() - self._tracker_t0 if self._tracker_t0 else 0.0
         if cc is not None and measured >= MIN_MEASURED_S:
             # Energy of the run = mean power over the measured window x run duration.

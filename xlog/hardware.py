@@ -17,15 +17,20 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def cpu_model() -> str | None:
+def proc_cpu_model() -> str | None:
+    """The CPU's brand string from ``/proc/cpuinfo`` (Linux x86; None elsewhere)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
                 if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                    return line.split(":", 1)[1].strip() or None
     except OSError:
         pass
-    return platform.processor() or None
+    return None
+
+
+def cpu_model() -> str | None:
+    return proc_cpu_model() or platform.processor() or None
 
 
 def cpu_cores() -> int | None:

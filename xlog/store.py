@@ -3,6 +3,9 @@
 Layout under the root (``$XLOG_HOME``, default ``~/.cache/xlog``)::
 
     records/YYYY-MM/<record_id>.parquet   captured and imported runs (one row per file)
+    provisional/<record_id>.json          runs in progress: the record as known so far, with the owning
+                                          process (pid, start time, boot id); never read by queries,
+                                          ``ls``, push or the SQL views, which read ``records/`` only
     quarantine/...                        files that failed to parse or validate, with a .reason.txt
 """
 from __future__ import annotations
@@ -20,12 +23,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import schema as S
+from .failure import DIVERGED
 from .privacy import scrub_record
 
 log = logging.getLogger("xlog")
 
 RECORDS_DIR = "records"
 QUARANTINE_DIR = "quarantine"
+PROVISIONAL_DIR = "provisional"
+KILLED_ERROR_TYPE = "Killed"
+KILLED_MESSAGE = ("the process ended without closing its record (SIGKILL, e.g. the out-of-memory killer, "
+                  "or a crash)")
 
 
 class QuarantineWarning(UserWarning):
@@ -121,6 +129,10 @@ class LocalStore:
     def quarantine_dir(self) -> Path:
         return self.root / QUARANTINE_DIR
 
+    @property
+    def provisional_dir(self) -> Path:
+        return self.root / PROVISIONAL_DIR
+
     def path_for(self, rec: Mapping[str, Any]) -> Path:
         created = rec.get("created_at")
         if isinstance(created, str):
@@ -199,6 +211,216 @@ class LocalStore:
 
     def write_many(self, records: Iterable[Mapping[str, Any]]) -> list[Path]:
         return [self.write(r) for r in records]
+
+    # ---- provisional records: the life cycle of a run survives SIGKILL ----------------------------
+    def write_provisional(self, rec: Mapping[str, Any], elapsed_s: float | None = None,
+                          diverged: str | None = None) -> Path:
+        """Open or update the provisional record of a run in progress, owned by this process.
+
+        ``XLogCallback`` writes it at train begin (and at evaluations, at most every ``heartbeat_s`` at
+        logging steps, and when the loss diverges), and removes it once the final record is written. If
+        the process dies without closing it (SIGKILL, e.g. from the out-of-memory killer), the next
+        ``close_orphans`` turns it into a record. It lives under ``provisional/``, which nothing that
+        reads records (``records``, ``ls``, push, the DuckDB views) looks at.
+        """
+        import json
+        doc = {"format": 1, **_process_identity(), "updated_at": datetime.now(timezone.utc).isoformat(),
+               "elapsed_s": elapsed_s, "diverged": diverged,
+               "record": {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in rec.items()}}
+        data = json.dumps(doc, default=str, separators=(",", ":")).encode()
+        return write_bytes_atomic(self.provisional_dir / f"{rec['record_id']}.json", data)
+
+    def discard_provisional(self, record_id: str) -> None:
+        """Remove the provisional record of a run whose final record was written (or kept in quarantine)."""
+        try:
+            (self.provisional_dir / f"{record_id}.json").unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # never opened (a store that cannot be written) or already closed
+
+    def close_orphans(self) -> list[str]:
+        """Turn the provisional records of runs whose process is gone into records; returns their ids.
+
+        A provisional record is an orphan when it was opened on this machine and its process is no
+        longer running: the pid is not alive, is a zombie, or is alive but a different process (its
+        start time differs: the pid was reused), or the machine has rebooted since (boot id). Provisional
+        records of live processes, and of other machines sharing this store, are left alone. An orphan
+        becomes a record with status ``interrupted`` and error type ``Killed`` (``KILLED_MESSAGE``), or
+        ``failed``/``Diverged`` when its loss had already diverged, with whatever was known: features,
+        configuration, the metrics of the last update, and the time elapsed up to it (``ended_at``).
+
+        Cheap when there is nothing to do (one directory listing); safe when several commands run at
+        once (the record is built only from the provisional file, so concurrent closers write the same
+        file, and a run whose final record exists is never overwritten). Never raises for one bad file:
+        an unreadable provisional file is quarantined, one that cannot be written (read-only store) is
+        left for the next command. The ``xlog`` and ``xsearch`` commands call this when they start.
+        """
+        import json
+        try:
+            entries = sorted(e.path for e in os.scandir(self.provisional_dir)
+                             if e.name.endswith(".json") and not e.name.startswith(".") and e.is_file())
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        closed: list[str] = []
+        for name in entries:
+            path = Path(name)
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+                rec_in = doc["record"]
+                record_id = str(rec_in["record_id"])
+            except FileNotFoundError:
+                continue  # closed by its run, or by a concurrent command, since the listing
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                self._quarantine_provisional(path, f"unreadable provisional record ({type(exc).__name__}: {exc})")
+                continue
+            if _owner_state(doc) != "gone":
+                continue
+            if self.exists(record_id):  # closed normally; the process died before removing this file
+                self.discard_provisional(record_id)
+                continue
+            rec = _orphan_record(doc)
+            try:
+                self.write(rec)
+            except (S.ValidationError, ValueError, TypeError, pa.ArrowException) as exc:
+                self._quarantine_provisional(path, f"{type(exc).__name__}: {exc}")
+                continue
+            except OSError as exc:
+                log.warning("xlog: could not record the orphaned run %s (%s: %s); left in %s", record_id,
+                            type(exc).__name__, exc, self.provisional_dir)
+                continue
+            self.discard_provisional(record_id)
+            log.info("xlog: run %s ended without closing its record (killed?); recorded as %s (%s)",
+                        record_id, rec["status"], rec["error_type"])
+            closed.append(record_id)
+        return closed
+
+    def _quarantine_provisional(self, path: Path, reason: str) -> None:
+        try:
+            self.quarantine(path, reason)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("xlog: could not quarantine %s (%s): %s", path.name, exc, reason)
+
+
+# ---- who owns a provisional record ------------------------------------------------------------------
+_identity: dict[str, Any] = {}
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _boot_id() -> str | None:
+    """Changes at every boot (Linux); else the boot time from psutil."""
+    bid = _read("/proc/sys/kernel/random/boot_id")
+    if bid:
+        return bid
+    try:
+        import psutil
+        return f"boot-time:{int(psutil.boot_time())}"
+    except Exception:
+        return None
+
+
+def _process_state(pid: int) -> tuple[str, str] | None:
+    """(state letter, start time) of a live process, None if there is no such process. The start time
+    is the kernel's (clock ticks since boot, exact) on Linux, psutil's elsewhere."""
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is not None:
+        rest = stat.rsplit(")", 1)[-1].split()  # the command name may hold spaces and parentheses
+        if len(rest) > 19:
+            return rest[0], f"ticks:{rest[19]}"
+    try:
+        import psutil
+        p = psutil.Process(pid)
+        return ("Z" if p.status() == psutil.STATUS_ZOMBIE else "R"), f"time:{p.create_time():.0f}"
+    except ImportError:
+        return None if not _pid_exists(pid) else ("R", "")
+    except Exception:
+        return None
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    except OSError:
+        return False
+    return True
+
+
+def _machine() -> str:
+    """An opaque key for this machine (host name and machine id, hashed: the file stays local anyway)."""
+    import hashlib
+    import socket
+    mid = _read("/etc/machine-id") or _read("/var/lib/dbus/machine-id") or ""
+    return hashlib.sha256(f"{socket.gethostname()}\0{mid}".encode()).hexdigest()[:16]
+
+
+def _process_identity() -> dict[str, Any]:
+    """pid, process start time, boot id and machine of this process (computed once per process)."""
+    pid = os.getpid()
+    if _identity.get("pid") != pid:  # first call, or a forked child
+        state = _process_state(pid)
+        _identity.clear()
+        _identity.update(pid=pid, process_start=state[1] if state else None, boot_id=_boot_id(), machine=_machine())
+    return dict(_identity)
+
+
+def _owner_state(doc: Mapping[str, Any]) -> str:
+    """``alive``, ``gone`` or ``elsewhere`` (another machine sharing this store: not ours to judge)."""
+    me = _process_identity()
+    if doc.get("machine") != me["machine"]:
+        return "elsewhere"
+    if doc.get("boot_id") and me["boot_id"] and doc["boot_id"] != me["boot_id"]:
+        return "gone"  # rebooted since
+    try:
+        pid = int(doc["pid"])
+    except (KeyError, TypeError, ValueError):
+        return "gone"
+    state = _process_state(pid)
+    if state is None or state[0] in ("Z", "X"):
+        return "gone"
+    if doc.get("process_start") and state[1] and state[1] != doc["process_start"]:
+        return "gone"  # the pid now belongs to another process
+    return "alive"
+
+
+def _orphan_record(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The record of a run whose process died without closing it, from its provisional record only
+    (so that concurrent closers build the same record)."""
+    rec: dict[str, Any] = {name: None for name in S.field_names()}
+    rec.update({k: v for k, v in doc["record"].items() if k in rec})
+    for f in S.fields():
+        if f.fmt == "date-time" and isinstance(rec.get(f.name), str):
+            try:
+                rec[f.name] = datetime.fromisoformat(rec[f.name].replace("Z", "+00:00"))
+            except ValueError:
+                rec[f.name] = None
+    try:
+        rec["ended_at"] = datetime.fromisoformat(str(doc["updated_at"]))
+    except (KeyError, ValueError):
+        rec["ended_at"] = None
+    elapsed = S.finite_or_none(doc.get("elapsed_s"))
+    if elapsed is not None and elapsed >= 0:
+        rec["outcome_total_runtime_s"] = elapsed
+        if rec.get("outcome_train_runtime_s") is None:
+            rec["outcome_train_runtime_s"] = elapsed
+    if doc.get("diverged"):
+        rec.update(status="failed", error_type=DIVERGED,
+                   error_message=f"{doc['diverged']}; then {KILLED_MESSAGE}"[:2000])
+    else:
+        rec.update(status="interrupted", error_type=KILLED_ERROR_TYPE, error_message=KILLED_MESSAGE)
+    if rec.get("energy_source") is None:
+        rec["energy_source"] = "none"  # the meter's reading died with the process
+    return rec
 
 
 # ---- local record files validated once (xsearch.db reads only these) ------------------------------

@@ -6,7 +6,7 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 TEXT_COLUMNS = ("text", "sentence", "content", "document", "review", "question", "prompt", "tweet", "input")
@@ -128,14 +128,79 @@ def compute_task_features(train_dataset: Any, eval_dataset: Any = None, tokenize
                           text_column: str | None = None, label_column: str | None = None,
                           max_sample: int = DEFAULT_MAX_SAMPLE, seed: int = 0) -> dict[str, Any]:
     """Meta-features of a task from its datasets; unknown values are None, never guessed."""
-    out: dict[str, Any] = {"task_n_train": dataset_size(train_dataset), "task_n_eval": dataset_size(eval_dataset)}
+    return task_features_job(train_dataset, eval_dataset, tokenizer, text_column, label_column, max_sample, seed)()
+
+
+def task_features_job(train_dataset: Any, eval_dataset: Any = None, tokenizer: Any = None,
+                      text_column: str | None = None, label_column: str | None = None,
+                      max_sample: int = DEFAULT_MAX_SAMPLE, seed: int = 0) -> Callable[[], dict[str, Any]]:
+    """``compute_task_features`` in two parts: what must run on the caller's (training) thread runs
+    now, and the rest is returned as a job that a background thread may run while training goes on.
+
+    Only objects that the training loop does not use concurrently are left to the job: a plain
+    Arrow-backed ``datasets.Dataset`` (immutable; no on-the-fly transform) and a private copy of a fast
+    tokenizer (the Rust backend of the caller's tokenizer must not be used from two threads at once:
+    a collator tokenizing on the fly would fail with "Already borrowed"). Anything else that may run
+    user code (a torch dataset's ``__getitem__``, a streaming dataset, ``set_transform``) or a slow
+    tokenizer is read now, and the job only returns the result.
+    """
+    sizes = {"task_n_train": dataset_size(train_dataset), "task_n_eval": dataset_size(eval_dataset)}
     if isinstance(eval_dataset, Mapping):  # Trainer accepts a dict of eval sets
-        sizes = [dataset_size(d) for d in eval_dataset.values()]
-        out["task_n_eval"] = sum(sizes) if sizes and all(s is not None for s in sizes) else None
+        each = [dataset_size(d) for d in eval_dataset.values()]
+        sizes["task_n_eval"] = sum(each) if each and all(x is not None for x in each) else None
+    counter = _private_token_counter(tokenizer)
+    if _readable_later(train_dataset) and (tokenizer is None or counter is not None):
+        return lambda: _features(dict(sizes), _sample_rows(train_dataset, max_sample, seed), text_column,
+                                 label_column, counter, train_dataset)
+    count = counter or (lambda texts: _token_lengths(texts, tokenizer))
+    out = _features(dict(sizes), _sample_rows(train_dataset, max_sample, seed), text_column, label_column,
+                    count, train_dataset)
+    return lambda: dict(out)
+
+
+def _readable_later(ds: Any) -> bool:
+    """True when another thread may read ``ds`` while training reads it: no dataset, or an Arrow-backed
+    ``datasets.Dataset`` without an on-the-fly transform (``set_transform``/``with_transform``)."""
+    if ds is None:
+        return True
+    try:
+        import datasets as hfds
+    except ImportError:
+        return False
+    if not isinstance(ds, hfds.Dataset):
+        return False
+    fmt = getattr(ds, "format", None) or {}
+    return fmt.get("type") != "custom"
+
+
+def _private_token_counter(tokenizer: Any) -> Callable[[list[str]], list[int] | None] | None:
+    """A token counter that never touches ``tokenizer`` again: a copy of a fast tokenizer's backend,
+    serialized now (None for slow tokenizers and other callables)."""
+    if tokenizer is None or not getattr(tokenizer, "is_fast", False):
+        return None
+    try:
+        spec = tokenizer.backend_tokenizer.to_str()
+    except Exception:
+        return None
+
+    def count(texts: list[str]) -> list[int] | None:
+        try:
+            from tokenizers import Tokenizer
+            tok = Tokenizer.from_str(spec)
+            tok.no_truncation()  # the same lengths as tokenizer(texts, truncation=False)
+            tok.no_padding()
+            return [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=True)]
+        except Exception:
+            return None
+    return count
+
+
+def _features(out: dict[str, Any], sample: tuple[list[Mapping] | None, dict[str, list] | None],
+              text_column: str | None, label_column: str | None,
+              count_tokens: Callable[[list[str]], list[int] | None] | None, train_dataset: Any) -> dict[str, Any]:
     if train_dataset is None:
         return out
-    rows, cols = _sample_rows(train_dataset, max_sample, seed)
-    cols = _columns(rows, cols)
+    cols = _columns(*sample)
     if not cols:
         return out
     n_sample = len(next(iter(cols.values())))
@@ -165,7 +230,7 @@ def compute_task_features(train_dataset: Any, eval_dataset: Any = None, tokenize
         out["task_chars_mean"], out["task_chars_std"], out["task_chars_cv"] = _stats([len(t) for t in texts])
         words = [w.lower() for t in texts for w in _WORD_RE.findall(t)]
         out["task_type_token_ratio"] = len(set(words)) / len(words) if words else None
-        tok_lengths = _token_lengths(texts, tokenizer)
+        tok_lengths = count_tokens(texts) if count_tokens is not None else None
     elif "input_ids" in cols:  # already tokenized: token statistics only
         tok_lengths = _lengths_from_ids(cols["input_ids"], cols.get("attention_mask"))
     else:

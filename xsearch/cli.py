@@ -10,6 +10,9 @@ from xlog import __version__
 @click.version_option(__version__, prog_name="xsearch")
 def main() -> None:
     """Use the federated experience store: pull, query with SQL, estimate, search."""
+    from xlog.cli import close_orphans
+    from xlog.store import LocalStore
+    close_orphans(LocalStore())  # runs killed before closing their record become records first
 
 
 # Data commands (pull, sql), estimators and the search live in their own modules.
