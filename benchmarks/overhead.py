@@ -152,18 +152,20 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown --lengths {sorted(unknown)}; choose from short, long")
     runs = {length: {v: [] for v in VARIANTS} for length in lengths}
-    load = [os.getloadavg()[0]]
+    loads: dict[str, list[float]] = {length: [] for length in lengths}  # 1-min load average at each repeat
     t_start = time.time()
     with tempfile.TemporaryDirectory() as home:
         for rep in range(a.repeats):
             for length in lengths:
+                loads[length].append(round(os.getloadavg()[0], 2))
                 order = VARIANTS[rep % 3:] + VARIANTS[:rep % 3]  # rotated: no variant always runs first
                 for v in order:
                     r = run_one(v, a.n, epochs[length], a.data, Path(home))
                     runs[length][v].append(r)
-                    print(f"repeat {rep + 1}/{a.repeats} {length:5s} {v:10s} {r['wall_s']:7.2f} s", flush=True)
-                load.append(os.getloadavg()[0])
-    results = {length: summarise(runs[length]) for length in lengths}
+                    print(f"repeat {rep + 1}/{a.repeats} {length:5s} {v:10s} {r['wall_s']:7.2f} s "
+                          f"(load {loads[length][-1]:.1f})", flush=True)
+    results = {length: {**summarise(runs[length]), "load_1min_per_repeat": loads[length]} for length in lengths}
+    load = [x for xs in loads.values() for x in xs]
     for length in lengths:
         res = results[length]
         print(f"\n{length} run ({epochs[length]:g} epoch(s), {a.n} texts), {a.repeats} paired repeats")
@@ -182,7 +184,7 @@ def main() -> None:
         "benchmark": "overhead",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform(), "cpu_cores": os.cpu_count(),
-                    "load_average_1min": {"min": min(load), "max": max(load)},
+                    "load_average_1min": {"min": min(load, default=None), "max": max(load, default=None)},
                     "note": "a machine shared with other jobs gives noisy figures: compare the paired spreads"},
         "setup": {"model": "sentence-transformers/all-MiniLM-L6-v2", "method": "LoRA r=8 query,value",
                   "n_train": a.n, "batch_size": 16, "repeats": a.repeats,
