@@ -519,8 +519,8 @@ def _check_batch(batch: pa.Table, start: int, limits: Limits, refused: dict[int,
                  kept: list[dict]) -> None:
     """Sort the rows of one batch into ``refused`` (index in the file -> (id, reason)) and ``kept``."""
     ids = batch.column("record_id").to_pylist() if "record_id" in batch.column_names else [None] * batch.num_rows
-    reasons: dict[int, str] = _long_strings(batch, limits.max_string_chars)
-    suspects = _suspect_rows(batch) - set(reasons)
+    reasons: dict[int, str] = {}
+    suspects = _suspect_rows(batch)  # the schema's own limits (and their messages) come first
     if suspects:
         idx = sorted(suspects)
         rows = S.table_to_records(batch.take(pa.array(idx, pa.int64())))
@@ -529,6 +529,8 @@ def _check_batch(batch: pa.Table, start: int, limits: Limits, refused: dict[int,
             if problems:
                 more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
                 reasons[i] = "; ".join(problems[:3]) + more
+    for i, why in _long_strings(batch, limits.max_string_chars).items():  # e.g. a column this client does not know
+        reasons.setdefault(i, why)
     reasons.update(_leaks(batch, set(reasons), limits.max_string_chars))
     good = [i for i in range(batch.num_rows) if i not in reasons]
     hashes = content_hashes(batch.take(pa.array(good, pa.int64()))) if good else []
