@@ -250,13 +250,15 @@ def test_compaction_that_would_lose_a_record_commits_nothing(hub, tmp_path, make
     import xlog.compact as C
     real = C._encode_partition
 
-    def lossy(*args, **kwargs):  # a bug in the rewrite: the last record of each partition is lost
-        out = real(*args, **kwargs)
-        path, (data, n) = next(iter(out.items()))
-        t = pq.read_table(io.BytesIO(data))
-        recs = S.table_to_records(t)[:-1]
+    def lossy(local, part, index, max_bytes, staged):  # a bug in the rewrite: a record is lost
+        out = real(local, part, index, max_bytes, staged)
+        path = next(iter(out))
+        recs = S.table_to_records(pq.read_table(staged / path))[:-1]
+        (staged / path).unlink()
         data = L.encode(recs, 1)
-        return {L.data_path(1, path.split("/")[2], data): (data, len(recs))}
+        new = L.data_path(1, path.split("/")[2], data)
+        (staged / new).write_bytes(data)
+        return {new: len(recs), **{p: n for p, n in out.items() if p != path}}
     monkeypatch.setattr(C, "_encode_partition", lossy)
     code, out = _xlog(tmp_path / "maint", "hf_maint", "compact", REPO, "--apply", monkeypatch=monkeypatch)
     assert code == 1 and "compaction aborted before committing (nothing was changed)" in out and "1 missing" in out, out

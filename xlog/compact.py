@@ -53,6 +53,7 @@ class PartitionPlan:
     bytes_before: int
     records: int  # distinct (record id, content hash) pairs: the rows after
     files_after_estimate: int
+    rows_per_file: int = 100_000  # rows per new file, from the bytes a row takes (estimated)
     new: dict[str, int] = field(default_factory=dict)  # path -> rows (once built)
     bytes_after: int = 0
 
@@ -132,51 +133,58 @@ def _plan(index: StoreIndex, listing: dict[str, int], max_bytes: int) -> Compact
         estimate = max(1, math.ceil(payload / max_bytes), math.ceil(records / index.limits.max_rows))
         if estimate >= len(small):
             continue
-        plan.partitions.append(PartitionPlan(folder, small, sum(index.files[p].n_rows for p in small), size,
-                                             records, estimate))
+        rows = sum(index.files[p].n_rows for p in small)
+        per_row = max(50.0, (payload - overhead) / max(1, rows))
+        rows_per_file = max(1, min(index.limits.max_rows, int((max_bytes - overhead) / per_row)))
+        rows_per_file = math.ceil(records / math.ceil(records / rows_per_file))  # balanced: no small last file
+        plan.partitions.append(PartitionPlan(folder, small, rows, size, records, estimate, rows_per_file))
     return plan
 
 
-def _encode_partition(folder: str, local: Path, part: PartitionPlan, index: StoreIndex, max_bytes: int
-                      ) -> dict[str, tuple[bytes, int]]:
-    """The partition's records, one row per (id, content hash), sorted by id, in files of at most
-    ``max_bytes`` and the reader's row limit: path -> (bytes, rows)."""
-    version = int(folder.split("/")[1][1:])
-    month = folder.split("/")[2]
-    records: list[dict] = []
+def _encode_partition(local: Path, part: PartitionPlan, index: StoreIndex, max_bytes: int, staged: Path
+                      ) -> dict[str, int]:
+    """Write the partition's records to ``staged`` (remote-relative paths): one row per (id, content
+    hash), files of at most ``max_bytes`` and the reader's row limit, each sorted by record id.
+    Streams: one output file's rows in memory at a time. Returns path -> rows."""
+    _, version_dir, month = part.folder.strip("/").split("/")
+    version = int(version_dir[1:])
+    out: dict[str, int] = {}
     taken: set[tuple[str, str]] = set()
+    pending: list[dict] = []
+
+    def write(chunk: list[dict]) -> None:
+        data = L.encode(chunk, version)
+        if len(data) > max_bytes and len(chunk) > 1:  # over the bound: halve until each half fits
+            write(chunk[:len(chunk) // 2])
+            write(chunk[len(chunk) // 2:])
+            return
+        path = L.data_path(version, month, data)
+        (staged / path).parent.mkdir(parents=True, exist_ok=True)
+        (staged / path).write_bytes(data)
+        out[path] = len(chunk)
+
     for p in part.old:  # first committed first: its copy of a repeated record is the one kept
         rows = S.table_to_records(pq.read_table(local / p))
         pairs = index.files[p].pairs
-        if len(rows) != len(pairs):
-            raise MaintainError(f"{p} changed since it was checked ({len(rows)} rows, {len(pairs)} checked)")
+        if len(rows) != len(pairs) or any(r["record_id"] != rid for r, (rid, _) in zip(rows, pairs)):
+            raise MaintainError(f"{p} changed since it was checked; run the compaction again")
         for rec, pair in zip(rows, pairs):
-            if rec["record_id"] != pair[0]:
-                raise MaintainError(f"{p} changed since it was checked (row order)")
             if pair not in taken:
                 taken.add(pair)
-                records.append(rec)
-    records.sort(key=lambda r: r["record_id"])
-    n = max(1, math.ceil(len(records) / index.limits.max_rows))
-    while True:
-        size = math.ceil(len(records) / n)
-        chunks = [records[i:i + size] for i in range(0, len(records), size)]
-        out = {}
-        for chunk in chunks:
-            data = L.encode(chunk, version)
-            out[L.data_path(version, month, data)] = (data, len(chunk))
-        biggest = max(len(d) for d, _ in out.values())
-        if biggest <= max_bytes or size == 1:
-            return out
-        n = max(n + 1, math.ceil(n * biggest / max_bytes))
+                pending.append(rec)
+            if len(pending) >= part.rows_per_file:
+                write(pending)
+                pending = []
+    if pending:
+        write(pending)
+    return out
 
 
-def _verify(files: dict[str, Path], sizes: dict[str, int], expected: set[tuple[str, str]], limits: Limits,
-            when: str) -> None:
+def _verify(files: dict[str, Path], expected: set[tuple[str, str]], limits: Limits, when: str) -> None:
     """The new files, read as a reader would, hold exactly ``expected``, one row per pair."""
     got: list[tuple[str, str]] = []
     for p, local in files.items():
-        v = check_data_file(local, p, sizes[p], limits)
+        v = check_data_file(local, p, local.stat().st_size, limits)
         if not v.ok:
             raise MaintainError(f"compaction aborted {when}: the new file {p} would not be accepted by a reader: "
                                 + v.summary())
@@ -208,38 +216,28 @@ def compact(remote: Remote, home: Path, *, apply: bool = False, max_file_mb: flo
     if not apply or not plan.partitions:
         return plan
     with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / "old"
+        local, staged = Path(tmp) / "old", Path(tmp) / "new"
         index.update(listing, keep=local, only=[p for part in plan.partitions for p in part.old], log=log)
-        new_files: dict[str, bytes] = {}
         expected: set[tuple[str, str]] = set()
         for part in plan.partitions:
-            built = _encode_partition(part.folder, local, part, index, max_bytes)
-            part.new = {p: n for p, (_, n) in built.items()}
-            part.bytes_after = sum(len(d) for d, _ in built.values())
-            new_files.update({p: d for p, (d, _) in built.items()})
+            part.new = _encode_partition(local, part, index, max_bytes, staged)
+            part.bytes_after = sum((staged / p).stat().st_size for p in part.new)
             expected |= {pair for p in part.old for pair in index.files[p].pairs}
-        staged = Path(tmp) / "new"
-        paths = {}
-        for p, data in new_files.items():
-            (staged / p).parent.mkdir(parents=True, exist_ok=True)
-            (staged / p).write_bytes(data)
-            paths[p] = staged / p
-        sizes = {p: len(d) for p, d in new_files.items()}
-        _verify(paths, sizes, expected, limits, "before committing (nothing was changed)")
+        new_files = {p: staged / p for part in plan.partitions for p in part.new}
+        _verify(new_files, expected, limits, "before committing (nothing was changed)")
         old = [p for part in plan.partitions for p in part.old if p not in new_files]
-        add = dict(new_files)
+        add: dict[str, Path | bytes] = dict(new_files)
         if L.CARD_PATH not in listing:  # keep the dataset card (configs) valid for the Hub viewer
             add[L.CARD_PATH] = L.card(getattr(remote, "repo_id", None) or Path(str(getattr(remote, "root", ""))).name
                                       ).encode()
         message = (f"xlog compact: {plan.files_replaced} file(s) -> {len(new_files)} in {len(plan.partitions)} "
                    f"partition(s), {len(expected)} record(s)")
         if isinstance(remote, HubRemote):
-            description = _description(index, old)
-            plan.commit = remote.replace(add, old, message, description, parent_commit=parent)
+            plan.commit = remote.replace(add, old, message, _description(index, old), parent_commit=parent)
         else:
             _replace_in_directory(remote, add, old)
         plan.applied = True
-        _read_back(remote, plan, new_files, old, expected, limits, Path(tmp) / "back", local)
+        _read_back(remote, new_files, old, expected, limits, Path(tmp) / "back", local)
     index.update(remote.list_files(), log=log)  # the new files' verdicts, for the next review or compaction
     return plan
 
@@ -256,14 +254,14 @@ def _description(index: StoreIndex, old: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _replace_in_directory(remote: Any, add: dict[str, bytes], old: list[str]) -> None:
+def _replace_in_directory(remote: Any, add: dict[str, Path | bytes], old: list[str]) -> None:
     """New files first (each written atomically), checked on disk, then the old ones removed."""
     from .remotes.directory import write_shared
     root: Path = remote.root
-    for p, data in add.items():
-        write_shared(root / p, data)
-    for p, data in add.items():
-        if (root / p).read_bytes() != data:
+    for p, src in add.items():
+        write_shared(root / p, src if isinstance(src, bytes) else src.read_bytes())
+    for p, src in add.items():
+        if (root / p).read_bytes() != (src if isinstance(src, bytes) else src.read_bytes()):
             raise MaintainError(f"compaction aborted: {root / p} does not hold what was written; the old files "
                                 "are all still there")
     for p in old:
@@ -273,8 +271,8 @@ def _replace_in_directory(remote: Any, add: dict[str, bytes], old: list[str]) ->
             pass  # removed meanwhile (another compaction): the records are in the new files
 
 
-def _read_back(remote: Remote, plan: CompactPlan, new_files: dict[str, bytes], old: list[str],
-               expected: set[tuple[str, str]], limits: Limits, tmp: Path, local_old: Path) -> None:
+def _read_back(remote: Remote, new_files: dict[str, Path], old: list[str], expected: set[tuple[str, str]],
+               limits: Limits, tmp: Path, local_old: Path) -> None:
     """After the commit: the new files are there and hold every record, the old ones are gone."""
     listing = remote.list_files()
     problems = [f"{p} is missing" for p in new_files if p not in listing]
@@ -287,13 +285,13 @@ def _read_back(remote: Remote, plan: CompactPlan, new_files: dict[str, bytes], o
             remote.fetch(p, dest)
             paths[p] = dest
         try:
-            _verify(paths, {p: len(d) for p, d in new_files.items()}, expected, limits, "after the commit")
+            _verify(paths, expected, limits, "after the commit")
         except MaintainError as exc:
             problems.append(str(exc))
     if not problems:
         return
-    # Put the old files back (they are byte-identical copies) and take the new ones away.
-    restore = {p: (local_old / p).read_bytes() for p in old}
+    # Put the old files back (byte-identical copies of what was there) and take the new ones away.
+    restore: dict[str, Path | bytes] = {p: local_old / p for p in old}
     from .remotes.hub import HubRemote
     if isinstance(remote, HubRemote):
         remote.replace(restore, [p for p in new_files if p in listing and p not in restore],

@@ -383,7 +383,7 @@ class HubRemote(Remote):
         """The commit id at the head of main."""
         return str(self._call("read", lambda: self.api.repo_info(self.repo_id, repo_type="dataset"), retry=True).sha)
 
-    def replace(self, add: Mapping[str, bytes], delete: Iterable[str], message: str, description: str = "",
+    def replace(self, add: Mapping[str, bytes | Path], delete: Iterable[str], message: str, description: str = "",
                 parent_commit: str | None = None) -> str | None:
         """Add and delete files in ONE commit on main. With ``parent_commit`` the Hub refuses (412)
         when main moved meanwhile: the caller planned from a state that is gone, and is told so."""
@@ -392,7 +392,8 @@ class HubRemote(Remote):
 
         def attempt() -> str | None:
             ops = [CommitOperationDelete(path_in_repo=p) for p in delete]
-            ops += [CommitOperationAdd(path_in_repo=p, path_or_fileobj=data) for p, data in add.items()]
+            ops += [CommitOperationAdd(path_in_repo=p, path_or_fileobj=data if isinstance(data, bytes) else str(data))
+                    for p, data in add.items()]
             return self.api.create_commit(self.repo_id, ops, commit_message=message, commit_description=description,
                                           repo_type="dataset", parent_commit=parent_commit).oid
         try:
@@ -445,6 +446,29 @@ class HubRemote(Remote):
                     continue  # removed since the listing (e.g. compacted): not on the remote any more
                 raise
         return out
+
+    def read_bytes(self, path: str, revision: str | None = None) -> bytes:
+        """A small file's bytes in one request (no download cache, no lock files): for checking
+        many small files (``xlog review``, ``xlog compact``)."""
+        from huggingface_hub import HfFileSystem
+        fs = getattr(self, "_fs", None) or HfFileSystem(endpoint=self.endpoint, token=self.token,
+                                                         skip_instance_cache=True)
+        self._fs = fs
+        rev = revision or self._pr_paths.get(path)
+        where = f"datasets/{self.repo_id}" + (f"@{urllib.parse.quote(rev, safe='')}" if rev else "") + f"/{path}"
+
+        def read() -> bytes:
+            try:
+                return fs.cat_file(where)
+            except FileNotFoundError:
+                fs.invalidate_cache()  # its folder listings are cached: the file may be newer than them
+                return fs.cat_file(where)
+        try:
+            return self._call("download from", read, retry=True)
+        except RemoteError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                raise RemoteNotFoundError(f"{path} is not on {self.repo_id}" + (f" at {rev}" if rev else "")) from exc
+            raise
 
     def fetch(self, path: str, dest: Path, revision: str | None = None) -> None:
         """Download one file (from main, or ``revision`` such as ``refs/pr/3``) to ``dest``."""
