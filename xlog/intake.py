@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from . import schema as S
 from .privacy import leak_message, scrub_value
 
-__all__ = ["Limits", "FileCheck", "PROVENANCE_FIELDS", "content_hash", "content_hashes", "check_file",
+__all__ = ["Limits", "FileCheck", "PROVENANCE_FIELDS", "batch_rows", "content_hash", "content_hashes", "check_file",
            "copy_rows"]
 
 # Fields that say who shared a record or how, not what happened in the run: a push may set the
@@ -58,7 +58,8 @@ class Limits:
     max_bytes: int = 64 * 2**20  # on disk (compressed)
     max_uncompressed_bytes: int = 1024 * 2**20  # the footer's uncompressed size of all column chunks
     max_string_chars: int = 65_536  # any single string cell (the schema's longest field, peft_config_json)
-    batch_rows: int = 2_048  # rows validated per batch (the memory bound)
+    batch_rows: int = 2_048  # rows validated per batch at most ...
+    batch_bytes: int = 8 * 2**20  # ... and fewer when rows are large: about this many bytes decoded per batch
 
 
 @dataclass
@@ -176,6 +177,13 @@ def _column_values(name: str, col: pa.ChunkedArray | pa.Array, types: Mapping[st
         return pc.cast(col, pa.float64()).to_pylist()
     if t == "integer" and pa.types.is_integer(typ):
         return pc.cast(col, pa.int64()).to_pylist()
+    if pa.types.is_dictionary(typ):  # one Python string per distinct value, shared by the rows
+        chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+        values = []
+        for chunk in chunks:
+            d = chunk.dictionary.to_pylist()
+            values.extend(None if i is None else d[i] for i in chunk.indices.to_pylist())
+        return values
     values = col.to_pylist()
     if t in ("string", "boolean", "array") and not isinstance(typ, pa.StructType):
         return values
@@ -208,8 +216,30 @@ def _parents(col: pa.Array, mask_on_values: Any) -> list[int]:
     return sorted(set(pc.filter(parents, pc.fill_null(mask_on_values, False)).to_pylist()))
 
 
+def _array(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One array for a column (a batch's column has one chunk: no copy)."""
+    if isinstance(col, pa.ChunkedArray):
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    return col
+
+
 def _is_string(t: pa.DataType) -> bool:
+    """A string type, or a dictionary of strings (how ``check_file`` reads every string column)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
     return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _per_row(values: pa.Array, fn) -> pa.Array:
+    """``fn`` (an Arrow kernel) of every value; on a dictionary array it runs once per distinct value
+    and is spread to the rows by the indices (no string is materialised per row)."""
+    if pa.types.is_dictionary(values.type):
+        return fn(values.dictionary).take(values.indices)
+    return fn(values)
+
+
+def _length(values: pa.Array) -> pa.Array:
+    return _per_row(values, pc.utf8_length)
 
 
 def _is_list(t: pa.DataType) -> bool:
@@ -256,7 +286,7 @@ def _suspect_rows(batch: pa.Table) -> set[int]:
             if f.required:
                 return set(range(n))
             continue
-        col = batch.column(f.name).combine_chunks()
+        col = _array(batch.column(f.name))
         t = col.type
         if f.required:
             _flag(bad, pc.is_null(col))
@@ -268,12 +298,14 @@ def _suspect_rows(batch: pa.Table) -> set[int]:
                     _flag(bad, pc.is_valid(col))
                 continue
             if f.enum is not None:
-                _flag(bad, pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, value_set=pa.array(list(f.enum), col.type)))))
+                allowed = pa.array(list(f.enum), pa.string())
+                _flag(bad, pc.and_(pc.is_valid(col), pc.invert(pc.fill_null(
+                    _per_row(col, lambda d: pc.is_in(d.cast(pa.string()), value_set=allowed)), False))))
             if f.fmt == "uuid":
-                _flag(bad, pc.invert(pc.match_substring_regex(
-                    col, r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")))
+                _flag(bad, pc.invert(_per_row(col, lambda d: pc.match_substring_regex(
+                    d, r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))))
             if f.max_length is not None:
-                _flag(bad, pc.greater(pc.utf8_length(col), f.max_length))
+                _flag(bad, pc.greater(_length(col), f.max_length))
         elif f.json_type in ("integer", "number"):
             if f.json_type == "number" and pa.types.is_floating(t):
                 _flag(bad, pc.invert(pc.is_finite(col)))
@@ -286,7 +318,7 @@ def _suspect_rows(batch: pa.Table) -> set[int]:
             items = pc.list_flatten(col)
             bad.update(_parents(col, pc.is_null(items)))
             if f.item_max_length is not None and _is_string(items.type):
-                bad.update(_parents(col, pc.greater(pc.utf8_length(items), f.item_max_length)))
+                bad.update(_parents(col, pc.greater(_length(items), f.item_max_length)))
         elif f.json_type == "object":
             parts = _metric_parts(col)
             if parts is None:
@@ -297,13 +329,14 @@ def _suspect_rows(batch: pa.Table) -> set[int]:
                 _flag(bad, pc.greater(pc.list_value_length(col), f.max_items))
             flagged = pc.is_null(names)
             if f.key_max_length is not None:
-                flagged = pc.or_(flagged, pc.fill_null(pc.greater(pc.utf8_length(names), f.key_max_length), False))
+                flagged = pc.or_(flagged, pc.fill_null(pc.greater(_length(names), f.key_max_length), False))
             if pa.types.is_floating(values.type):
                 flagged = pc.or_(flagged, pc.fill_null(pc.invert(pc.is_finite(values)), False))
             for pattern, lo, hi, _ in f.key_bounds:
                 m = _bounds_mask(values, lo, hi)
                 if m is not None:
-                    hit = pc.and_(pc.fill_null(pc.match_substring_regex(names, pattern), False), pc.fill_null(m, False))
+                    hit = pc.and_(pc.fill_null(_per_row(names, lambda d, pat=pattern: pc.match_substring_regex(d, pat)),
+                                               False), pc.fill_null(m, False))
                     flagged = pc.or_(flagged, hit)
             bad.update(pc.filter(parents, flagged).to_pylist())
     for rule in S.rules():
@@ -315,7 +348,7 @@ def _suspect_rows(batch: pa.Table) -> set[int]:
             if not _is_string(col.type):
                 cond = None
                 break
-            m = pc.fill_null(pc.match_substring_regex(col, pattern), False)
+            m = pc.fill_null(_per_row(_array(col), lambda d, pat=pattern: pc.match_substring_regex(d, pat)), False)
             cond = m if cond is None else pc.and_(cond, m)
         if cond is None:
             continue
@@ -344,11 +377,11 @@ def _long_strings(batch: pa.Table, limit: int) -> dict[int, str]:
     """Rows with a string cell (or list item, metric name) over the reader's limit, and why."""
     out: dict[int, str] = {}
     for name in batch.column_names:
-        got = _strings(batch.column(name).combine_chunks())
+        got = _strings(_array(batch.column(name)))
         if got is None:
             continue
         values, parents, _ = got
-        lengths = pc.utf8_length(values)
+        lengths = _length(values)
         over = pc.fill_null(pc.greater(lengths, limit), False)
         for i in _rows_of(over):
             row = i if parents is None else parents[i].as_py()
@@ -363,25 +396,29 @@ def _leaks(batch: pa.Table, skip: set[int], limit: int) -> dict[int, str]:
     elsewhere."""
     out: dict[int, str] = {}
     for name in batch.column_names:
-        got = _strings(batch.column(name).combine_chunks())
+        got = _strings(_array(batch.column(name)))
         if got is None:
             continue
         values, parents, how = got
-        short = pc.fill_null(pc.less_equal(pc.utf8_length(values), limit), False)
-        leaking = []
-        for v in pc.unique(pc.filter(values, short)).to_pylist():
+        distinct = values.dictionary if pa.types.is_dictionary(values.type) else pc.unique(values)
+        distinct = pc.filter(distinct, pc.fill_null(pc.less_equal(pc.utf8_length(distinct), limit), False))
+        leaking: dict[str, tuple[str, ...]] = {}
+        for v in distinct.to_pylist():
             if v is None:
                 continue
             probe = v if how == "value" else [v] if how == "list" else {v: 0.0}
             kinds = scrub_value(name, probe, identity=False)[1]
             if kinds:
-                leaking.append((v, kinds))
-        for v, kinds in leaking:
-            hits = _rows_of(pc.equal(values, v))
-            for i in hits:
-                row = i if parents is None else parents[i].as_py()
-                if row not in skip:
-                    out.setdefault(row, leak_message(name, kinds))
+                leaking[v] = kinds
+        if not leaking:
+            continue
+        value_set = pa.array(list(leaking), pa.string())
+        hits = _per_row(values, lambda d: pc.is_in(d.cast(pa.string()), value_set=value_set))
+        for i in _rows_of(hits):
+            row = i if parents is None else parents[i].as_py()
+            if row not in skip and row not in out:
+                v = values[i].as_py()
+                out[row] = leak_message(name, leaking[v])
     return out
 
 
@@ -407,10 +444,47 @@ def _column_problems(schema: pa.Schema) -> list[str]:
     if not pa.types.is_integer(got_version):
         problems.append(f"schema_version: column type {got_version} is not an integer")
     for name in schema.names:
-        if name in expected.names and not S.compatible_type(schema.field(name).type, expected.field(name).type):
+        if name in expected.names and not S.compatible_type(_plain_type(schema.field(name).type),
+                                                            expected.field(name).type):
             problems.append(f"{name}: column type {schema.field(name).type} does not match the schema type "
                             f"{expected.field(name).type}")
     return problems
+
+
+def _plain_type(t: pa.DataType) -> pa.DataType:
+    """A type with its dictionaries replaced by their value types (a file may store them so)."""
+    if pa.types.is_dictionary(t):
+        return _plain_type(t.value_type)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return pa.list_(pa.field(t.value_field.name, _plain_type(t.value_type)))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _plain_type(f.type)) for f in t])
+    return t
+
+
+def _dictionary_paths(schema: pa.Schema, nested: bool = True) -> list[str]:
+    """The string columns (and list items, metric names) to read as dictionaries: a string repeated
+    over many rows (the cheapest way to blow up a small compressed file) is then held once."""
+    paths = []
+    for f in schema:
+        t = f.type
+        if _is_string(t):
+            paths.append(f.name)
+        elif nested and (pa.types.is_list(t) or pa.types.is_large_list(t)):
+            v = t.value_field
+            if _is_string(v.type):
+                paths.append(f"{f.name}.list.{v.name}")
+            elif pa.types.is_struct(v.type) and v.type.get_field_index("name") >= 0 \
+                    and _is_string(v.type.field("name").type):
+                paths.append(f"{f.name}.list.{v.name}.name")
+    return paths
+
+
+def _open(path: Path, nested: bool = True) -> pq.ParquetFile:
+    """The file, with its string columns read as dictionaries (``_dictionary_paths``)."""
+    plain = pq.ParquetFile(path)
+    paths = _dictionary_paths(plain.schema_arrow, nested)
+    return pq.ParquetFile(path, read_dictionary=paths) if paths else plain
 
 
 def _file_hash_problem(path: Path, remote_path: str) -> str | None:
@@ -467,19 +541,25 @@ def check_file(path: Path, remote_path: str, *, limits: Limits = Limits(),
         return check
     in_file: dict[str, str] = {}  # record_id -> content hash of its first copy in this file
     mixed: set[str] = set()  # ids with two different contents in this file
-    kept: list[dict] = []
-    refused: dict[int, tuple[str, str]] = {}
-    start = 0
-    try:
-        for batch in _batches(pf, limits):
-            if start + batch.num_rows > limits.max_rows:  # the footer lied: stop reading
-                check.problems.append(f"more than the reader's limit of {limits.max_rows} rows per file")
-                return check
-            _check_batch(batch, start, limits, refused, kept)
-            start += batch.num_rows
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        check.problems.append(f"not a readable Parquet file ({type(exc).__name__}: {exc})")
-        return check
+    for nested in (True, False):
+        kept: list[dict] = []
+        refused: dict[int, tuple[str, str]] = {}
+        start = 0
+        try:
+            for batch in _batches(_open(path, nested), limits):
+                if start + batch.num_rows > limits.max_rows:  # the footer lied: stop reading
+                    check.problems.append(f"more than the reader's limit of {limits.max_rows} rows per file")
+                    return check
+                _check_batch(batch, start, limits, refused, kept)
+                start += batch.num_rows
+            break
+        except pa.ArrowNotImplementedError:
+            if not nested:
+                raise
+            continue  # pyarrow cannot read that nested column as a dictionary here: read it plainly
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            check.problems.append(f"not a readable Parquet file ({type(exc).__name__}: {exc})")
+            return check
     check.n_rows = start
     for entry in kept:
         rid, h = entry["record_id"], entry["content_hash"]
@@ -510,9 +590,22 @@ def check_file(path: Path, remote_path: str, *, limits: Limits = Limits(),
     return check
 
 
+def batch_rows(pf: pq.ParquetFile, limits: Limits) -> int:
+    """Rows per batch: ``limits.batch_rows``, fewer when the footer says rows are large, so that a
+    batch decodes to about ``limits.batch_bytes`` (memory is bounded in bytes, not only in rows)."""
+    md = pf.metadata
+    if md.num_rows <= 0:
+        return limits.batch_rows
+    per_row = sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups)) / md.num_rows
+    return max(16, min(limits.batch_rows, int(limits.batch_bytes / max(per_row, 1.0))))
+
+
 def _batches(pf: pq.ParquetFile, limits: Limits) -> Iterator[pa.Table]:
-    for batch in pf.iter_batches(batch_size=limits.batch_rows):
-        yield pa.Table.from_batches([batch])
+    """Batches that never span two row groups (each row group has its own dictionaries)."""
+    size = batch_rows(pf, limits)
+    for rg in range(pf.metadata.num_row_groups):
+        for batch in pf.iter_batches(batch_size=size, row_groups=[rg]):
+            yield pa.Table.from_batches([batch])
 
 
 def _check_batch(batch: pa.Table, start: int, limits: Limits, refused: dict[int, tuple[str, str]],
@@ -533,7 +626,10 @@ def _check_batch(batch: pa.Table, start: int, limits: Limits, refused: dict[int,
         reasons.setdefault(i, why)
     reasons.update(_leaks(batch, set(reasons), limits.max_string_chars))
     good = [i for i in range(batch.num_rows) if i not in reasons]
-    hashes = content_hashes(batch.take(pa.array(good, pa.int64()))) if good else []
+    if len(good) == batch.num_rows:  # the usual case: no copy of the batch
+        hashes = content_hashes(batch)
+    else:
+        hashes = content_hashes(batch.take(pa.array(good, pa.int64()))) if good else []
     for i, why in reasons.items():
         rid = ids[i] if isinstance(ids[i], str) and ids[i] else "?"
         refused[start + i] = (rid, f"{S.row_label(start + i, ids[i])}: {why}")
@@ -541,19 +637,38 @@ def _check_batch(batch: pa.Table, start: int, limits: Limits, refused: dict[int,
         kept.append({"record_id": ids[i], "content_hash": h, "row": start + i})
 
 
-def copy_rows(src: Path, rows: list[int] | set[int], dest: Path, *, limits: Limits = Limits()) -> int:
-    """Write the rows ``rows`` (indices) of a checked Parquet file to ``dest``, streaming, in the file's
-    own schema; returns how many were written. Used to keep the accepted rows of a file (and to set
-    the refused ones aside) without holding the file in memory."""
+def copy_rows(src: Path, rows: list[int] | set[int], dest: Path, *, limits: Limits = Limits(),
+              keep_dictionaries: bool = False) -> int:
+    """Write the rows ``rows`` (indices) of a checked Parquet file to ``dest``, streaming, and return how
+    many were written. Used to keep the accepted rows of a file, and to set the refused ones aside,
+    without holding the file in memory. The rows keep the file's own schema; with
+    ``keep_dictionaries`` (rows that were refused, whose strings may be huge) string columns stay
+    dictionary-encoded, so no repeated string is expanded row by row."""
     wanted = set(rows)
-    pf = pq.ParquetFile(src)
+    plain_schema = pq.ParquetFile(src).schema_arrow
+    pf = _open(src, nested=False)
+    schema = pf.schema_arrow if keep_dictionaries else plain_schema
     dest.parent.mkdir(parents=True, exist_ok=True)
     n = start = 0
-    with pq.ParquetWriter(dest, pf.schema_arrow, compression="zstd") as writer:
-        for batch in pf.iter_batches(batch_size=limits.batch_rows):
+    pending: list[pa.Table] = []
+    size = 0
+    with pq.ParquetWriter(dest, schema, compression="zstd") as writer:
+        for batch in (b for t in _batches(pf, limits) for b in t.to_batches()):
             take = [i - start for i in range(start, start + batch.num_rows) if i in wanted]
-            if take:
-                writer.write_table(pa.Table.from_batches([batch]).take(pa.array(take, pa.int64())))
-                n += len(take)
             start += batch.num_rows
+            if not take:
+                continue
+            part = pa.Table.from_batches([batch]).take(pa.array(take, pa.int64()))
+            for i in range(0, part.num_rows, 64):  # expanded 64 rows at a time, written in row groups of
+                piece = part.slice(i, 64)            # about limits.batch_bytes
+                if not keep_dictionaries:
+                    piece = piece.cast(schema)
+                pending.append(piece)
+                size += piece.nbytes
+                n += piece.num_rows
+                if size >= limits.batch_bytes:
+                    writer.write_table(pa.concat_tables(pending))
+                    pending, size = [], 0
+        if pending:
+            writer.write_table(pa.concat_tables(pending))
     return n

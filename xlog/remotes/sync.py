@@ -395,7 +395,7 @@ def _quarantine_rows(store: LocalStore, staged: Path, rows: list[int], mirror: P
                      limits: Limits) -> None:
     """Set the refused rows of a file aside in the store's quarantine folder (with the reason)."""
     aside = mirror / ".incoming" / "refused" / p
-    copy_rows(staged, rows, aside, limits=limits)
+    copy_rows(staged, rows, aside, limits=limits, keep_dictionaries=True)
     store.quarantine(aside, reason)
 
 
@@ -496,6 +496,7 @@ def pull(remote: Remote, store: LocalStore | None = None, *, progress: bool = Tr
         if L.CARD_PATH in listing:
             try:
                 staged = incoming / L.CARD_PATH
+                staged.parent.mkdir(parents=True, exist_ok=True)
                 remote.fetch(L.CARD_PATH, staged)
                 os.replace(staged, mirror / L.CARD_PATH)
             except RemoteError as exc:
