@@ -2,7 +2,8 @@
 reviews, merges and compacts, a fresh reader who pulls. Real HTTP to the local Hub-compatible
 server (tests/hubserver.py, run in its own process), the unmodified huggingface_hub client.
 
-What runs (defaults: 100 contributors x 10 pushes of 3 records, over 10 simulated weeks):
+What runs (defaults: 40 contributors x 8 weekly pushes of 3 records, about 3 minutes on 2 cores;
+the committed results are from ``--contributors 100 --pushes 10``):
 
 1. every push is one ``create_commit`` of the files an ``xlog push`` writes (``layout.plan_files``:
    one content-addressed file per month partition it touches), through ``HubRemote.commit``,
@@ -19,7 +20,7 @@ commits, push / review / merge / pull / compact times and the reader's peak memo
 (as arithmetic, not measurement) where 1,000 contributors x 50 pushes, and 10x and 100x that,
 land against the Hub's limits. Prints a table and writes benchmarks/results/community.json.
 
-    python benchmarks/community.py [--contributors 100] [--pushes 10] [--records 3]
+    python benchmarks/community.py [--contributors 40] [--pushes 8] [--records 3] [--pr-contributors 5]
 """
 from __future__ import annotations
 
@@ -134,8 +135,8 @@ def project(contributors: int, pushes: int, records: int, files_per_push: float,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--contributors", type=int, default=100)
-    ap.add_argument("--pushes", type=int, default=10, help="pushes per contributor (one per simulated week)")
+    ap.add_argument("--contributors", type=int, default=40)
+    ap.add_argument("--pushes", type=int, default=8, help="pushes per contributor (one per simulated week)")
     ap.add_argument("--records", type=int, default=3, help="records per push")
     ap.add_argument("--pr-contributors", type=int, default=5, help="contributors who push through pull requests")
     ap.add_argument("--seed", type=int, default=0)
@@ -151,8 +152,8 @@ def main() -> None:
     tokens = {"hf_maint": "community", **{f"hf_{u}": [u, "read"] for u in prs}}
     server, url = _server(tokens)
     os.environ["HF_ENDPOINT"] = url
-    result: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU(s)", "python": platform.python_version(), "args": {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    result: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU(s)", "python": platform.python_version(),
+                    "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     try:
         from huggingface_hub import HfApi
         from xlog.remotes.hub import HubRemote
@@ -250,7 +251,8 @@ def _print(r: dict, before: dict) -> None:
           f"{b['files_per_push']} file(s) per push")
     pr = r["pull_requests"]
     print(f"  pull requests: {pr['prs']} reviewed in {pr['review_s']} s ({pr['passed']} pass), merged in "
-          f"{sum(pr['merge_s']):.1f} s; PR pushes {min(pr['push_s'], default=0):.2f}-{max(pr['push_s'], default=0):.2f} s")
+          f"{sum(pr['merge_s']):.1f} s; PR pushes {min(pr['push_s'], default=0):.2f}-"
+          f"{max(pr['push_s'], default=0):.2f} s")
     print(f"  {'':24}{'files':>8}{'folders':>9}{'max/folder':>12}{'commits':>9}")
     for label, s in (("before compaction", before), ("after compaction", after)):
         print(f"  {label:24}{s['data_files']:>8}{s['folders']:>9}{s['max_entries_per_folder']:>12}{s['commits']:>9}")
@@ -263,8 +265,9 @@ def _print(r: dict, before: dict) -> None:
     print(f"  {'':14}{'records':>10}{'commits':>10}{'files raw':>11}{'/month folder':>15}{'days->10k':>11}"
           f"{'compacted':>11}{'days->5k commits':>18}")
     for label, p in r["projection"].items():
-        print(f"  {label:14}{p['records']:>10}{p['commits_if_every_push_commits']:>10}{p['files_without_compaction']:>11}"
-              f"{p['files_per_month_folder_without_compaction']:>15}{p['days_to_10k_in_a_folder_without_compaction']:>11}"
+        print(f"  {label:14}{p['records']:>10}{p['commits_if_every_push_commits']:>10}"
+              f"{p['files_without_compaction']:>11}{p['files_per_month_folder_without_compaction']:>15}"
+              f"{p['days_to_10k_in_a_folder_without_compaction']:>11}"
               f"{p['files_after_compaction']:>11}{p['days_to_5k_commits']:>18}")
 
 

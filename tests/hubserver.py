@@ -529,10 +529,11 @@ class _Handler(BaseHTTPRequestHandler):
         base_tree = base.tree if base is not None else {}
         head_tree = d.head.tree if d.head is not None else base_tree
         changes: dict[str, Entry | None] = {p: head_tree.get(p) for p in _changed(base_tree, head_tree)}
+        def oid(e: Entry | None) -> str | None:
+            return e.oid if e is not None else None
         main = repo.head.tree
         conflicts = sorted(p for p, e in changes.items()
-                           if (main.get(p).oid if main.get(p) else None) != (base_tree[p].oid if p in base_tree else None)
-                           and (main.get(p).oid if main.get(p) else None) != (e.oid if e else None))
+                           if oid(main.get(p)) != oid(base_tree.get(p)) and oid(main.get(p)) != oid(e))
         return changes, conflicts
 
     def _discussions(self, repo: Repo, tail: str, query: dict) -> None:
@@ -651,7 +652,8 @@ class _Handler(BaseHTTPRequestHandler):
         if start + page_size < len(items):
             q = {k: v[0] for k, v in query.items()}
             q["cursor"] = str(start + page_size)
-            url = f"http://{self.headers.get('Host')}{urllib.parse.urlsplit(self.path).path}?{urllib.parse.urlencode(q)}"
+            here = urllib.parse.urlsplit(self.path).path
+            url = f"http://{self.headers.get('Host')}{here}?{urllib.parse.urlencode(q)}"
             headers["Link"] = f'<{url}>; rel="next"'
         self._json(200, page, headers)
 

@@ -99,7 +99,8 @@ def test_contributor_pr_review_merge(hub, tmp_path, make_records, monkeypatch):
     absurd = make_records(1, seed=4)[0] | {"outcome_primary_value": 5.0, "outcome_primary_metric": "eval_f1"}
     huge = make_records(1, seed=5)[0] | {"task_name": "x" * 70_000}
     poison = dict(_file([r]) for r in (victim, absurd, huge))
-    assert _open_pr(hub, "hf_bob", {**poison, "notes.txt": b"hello"}) == 2
+    overwrite = sorted(p for p in main_files if L.is_data_path(p))[0]  # a main file, other bytes
+    assert _open_pr(hub, "hf_bob", {**poison, "notes.txt": b"hello", overwrite: _file([absurd])[1]}) == 2
 
     code, out = _xlog(maint, "hf_maint", "review", REPO, monkeypatch=monkeypatch)
     assert code == 1, out  # one PR fails
@@ -108,7 +109,9 @@ def test_contributor_pr_review_merge(hub, tmp_path, make_records, monkeypatch):
     assert alice_part.startswith("#1 by alice: PASS: ") and "file(s), 7 row(s), 7 new record(s)" in alice_part, out
     assert bob_part.startswith("#2 by bob: FAIL"), out
     assert f"conflict: record {victim['record_id']} is already in" in bob_part
-    assert "outcome_primary_value" in bob_part and "task_name" in bob_part and "notes.txt: outside the data layout" in bob_part
+    assert "outcome_primary_value" in bob_part and "task_name" in bob_part
+    assert "notes.txt: outside the data layout" in bob_part
+    assert f"{overwrite}: content hash" in bob_part
 
     code, out = _xlog(maint, "hf_maint", "review", REPO, "--pr", "1", "--comment", monkeypatch=monkeypatch)
     assert code == 0 and "verdict posted on PR #1" in out, out

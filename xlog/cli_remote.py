@@ -104,7 +104,8 @@ def register(main: click.Group) -> None:
                 raise click.UsageError(f"--contributor {who!r} looks like private data (e-mail, token, path)")
         remote = _open(remote_spec, store, create_pr=True if create_pr else None, on_message=click.echo)
         if create_pr and remote.kind != "hub":
-            raise click.UsageError(f"--create-pr: {remote.key} is a directory; pull requests exist on Hub datasets only")
+            raise click.UsageError(f"--create-pr: {remote.key} is a directory; pull requests exist on Hub datasets "
+                                   "only")
         with _cli_errors():
             res = push(remote, store, private=private, dry_run=dry_run, contributor=who,
                        progress=not quiet, log=click.echo)

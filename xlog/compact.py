@@ -85,7 +85,8 @@ class CompactPlan:
         for p in self.partitions:
             after = len(p.new) if p.new else p.files_after_estimate
             out.append(f"  {p.folder}  {len(p.old)} -> {after} file(s), {p.rows_before} -> {p.records} row(s), "
-                       f"{p.bytes_before / 1e6:.2f} MB" + (f" -> {p.bytes_after / 1e6:.2f} MB" if p.bytes_after else ""))
+                       f"{p.bytes_before / 1e6:.2f} MB"
+                       + (f" -> {p.bytes_after / 1e6:.2f} MB" if p.bytes_after else ""))
         for path, why in self.untouched[:20]:
             out.append(f"  kept as is: {path}: {why}")
         if len(self.untouched) > 20:

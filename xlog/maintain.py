@@ -58,7 +58,8 @@ class FileVerdict:
         if self.problems:
             return "; ".join(self.problems[:n])
         more = f" (+{len(self.refused) - n} more)" if len(self.refused) > n else ""
-        return f"{len(self.refused)} of {self.n_rows} row(s) refused: " + "; ".join(r for _, r in self.refused[:n]) + more
+        reasons = "; ".join(r for _, r in self.refused[:n])
+        return f"{len(self.refused)} of {self.n_rows} row(s) refused: {reasons}{more}"
 
     def to_json(self) -> dict:
         return {"size": self.size, "n_rows": self.n_rows, "pairs": self.pairs, "refused": self.refused,
@@ -288,8 +289,8 @@ def review_one(remote: Remote, num: int, index: StoreIndex, main_listing: dict[s
             if not L.is_data_path(p):
                 rev.problems.append(f"{p}: outside the data layout (data/v<version>/<YYYY-MM>/<sha256[:32]>.parquet)")
                 continue
-            if p in main_listing:
-                continue  # content-addressed: the same file is on main already
+            # A path main has too is checked all the same: its name is a hash, so a copy with other
+            # bytes (an attempt to overwrite a main file) fails the hash check.
             rev.files.append(p)
             dest = Path(tmp) / "file.parquet"
             _download(hub, p, dest, pr_listing[p], limits, revision=pr.ref)
