@@ -305,9 +305,6 @@ class _Index:
         self.files, self.ids, self.hashes = ([xs[i] for i in keep] for xs in (self.files, self.ids, self.hashes))
         self._build()
 
-    def has(self, file: str) -> bool:
-        return file in set(self.files)
-
     def save(self) -> None:
         table = pa.table({"file": pa.array(self.files, pa.string()), "record_id": pa.array(self.ids, pa.string()),
                           "content_hash": pa.array(self.hashes, pa.string())})
@@ -460,7 +457,7 @@ def pull(remote: Remote, store: LocalStore | None = None, *, progress: bool = Tr
             origin = origins.get(p) or {}
             where = f"{remote.key}/{p}" + (f" (commit {str(origin['commit'])[:12]})" if origin.get("commit") else "") \
                 + (f" (pull request #{origin['pr']})" if origin.get("pr") else "")
-            if check.problems or not check.accepted:
+            if check.problems or (check.quarantined and not check.accepted):  # nothing of it stands
                 reason = check.summary()
                 if staged.exists():
                     store.quarantine(staged, f"pulled from {where}: {reason}")
