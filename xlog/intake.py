@@ -96,106 +96,136 @@ class FileCheck:
 
 
 # ---- content hash ------------------------------------------------------------------------------------
-# The canonical form every writer agrees on: the non-null fields sorted by name, as [name, value]
-# pairs; timestamps as integer microseconds since the epoch (UTC); "number" fields as floats and
-# "integer" fields as ints whatever the column type; metrics as [name, value] pairs sorted by name.
+# The canonical form, computed column by column with Arrow kernels: for each non-null field, in name
+# order, "name:" + the value's canonical text, joined by "\x1e"; the SHA-256 of that. Canonical
+# text: a string as "s<length>:<value>" (a value over 64 characters as "h" + its SHA-256, so a
+# string repeated over many rows is hashed once); a "number" field (or any float column) as the
+# IEEE-754 bits of its float64 value; an integer as "i<value>"; a timestamp as "t<microseconds since
+# the epoch, UTC>"; a boolean as "btrue"/"bfalse"; a list or a metrics list as "j" + the SHA-256 of
+# its canonical JSON (metrics as [name, value] pairs sorted by name). The same record gives the same
+# text whoever wrote the file: column order, a missing all-null column, integer-typed float
+# columns, timestamp units, and metrics as a map or as (name, value) structs do not change it.
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_DATE_FIELDS = frozenset(f.name for f in S.fields() if f.fmt == "date-time")
-
-
-def _micros(v: datetime) -> int:
-    if v.tzinfo is None:
-        v = v.replace(tzinfo=timezone.utc)
-    d = v - _EPOCH
-    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
-
-
-def _float(x: Any) -> Any:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x
-
-
-def _metric_pairs(v: Any) -> Any:
-    if isinstance(v, dict):
-        return sorted([str(k), _float(x)] for k, x in v.items())
-    if isinstance(v, (list, tuple)):
-        return sorted([str(x["name"]), _float(x.get("value"))] if isinstance(x, dict)
-                      else [str(x[0]), _float(x[1])] for x in v)
-    return v
-
-
-def _canon_value(name: str, v: Any, types: Mapping[str, str]) -> Any:
-    """One value (not None) of a record dict in canonical form."""
-    t = types.get(name)
-    if name in _DATE_FIELDS:
-        if isinstance(v, str):
-            try:
-                v = datetime.fromisoformat(v.replace("Z", "+00:00"))
-            except ValueError:
-                return v
-        return _micros(v) if isinstance(v, datetime) else v
-    if t == "number":
-        return _float(v)
-    if t == "integer" and isinstance(v, float) and v.is_integer():
-        return int(v)
-    if t == "object":
-        return _metric_pairs(v)
-    if isinstance(v, tuple):
-        return list(v)
-    if isinstance(v, datetime):  # a column of a newer version
-        return _micros(v)
-    return v
-
-
-def _digest(pairs: list) -> str:
-    data = json.dumps(pairs, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+_LONG = 64
 
 
 def _types() -> dict[str, str]:
     return {f.name: f.json_type for f in S.fields()}
 
 
-def content_hash(row: Mapping[str, Any]) -> str:
-    """A stable hash of a record's content: the SHA-256 (first 32 hex digits) of the canonical JSON of
-    its non-null fields, ``PROVENANCE_FIELDS`` left out. Identical records give the same hash
-    whoever wrote them (column order, a missing all-null column, integer-typed float columns,
-    timestamp units and metrics as a dict or as (name, value) structs do not matter)."""
-    types = _types()
-    return _digest([[k, _canon_value(k, row[k], types)] for k in sorted(row)
-                    if row[k] is not None and k not in PROVENANCE_FIELDS])
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def _column_values(name: str, col: pa.ChunkedArray | pa.Array, types: Mapping[str, str]) -> list:
-    """A column in canonical form, converted by Arrow where it can (much faster than per value)."""
-    t = types.get(name)
-    typ = col.type
+def _float(x: Any) -> Any:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x
+
+
+def _metric_pairs(v: Any) -> list:
+    if isinstance(v, Mapping):
+        return sorted([str(k), _float(x)] for k, x in v.items())
+    return sorted([str(x["name"]), _float(x.get("value"))] if isinstance(x, Mapping)
+                  else [str(x[0]), _float(x[1])] for x in v)
+
+
+def _json_text(v: Any, metrics: bool) -> str | None:
+    if v is None:
+        return None
+    return "j" + _sha(json.dumps(_metric_pairs(v) if metrics else v, separators=(",", ":"), ensure_ascii=False,
+                                 default=str))
+
+
+def _string_text(values: pa.Array) -> pa.Array:
+    """Strings -> "s<length>:<value>", or "h<sha256>" past ``_LONG`` characters (each distinct value
+    of a dictionary once)."""
+    if pa.types.is_dictionary(values.type):
+        return _string_text(values.dictionary.cast(pa.string())).take(values.indices)
+    values = values.cast(pa.string())
+    lengths = pc.utf8_length(values)
+    long = pc.fill_null(pc.greater(lengths, _LONG), False)
+    text = pc.binary_join_element_wise("s", pc.cast(lengths, pa.string()), ":", values, "")
+    if pc.any(long).as_py():
+        idx = _rows_of(long)
+        hashed = pa.array(["h" + _sha(v) for v in values.take(pa.array(idx, pa.int64())).to_pylist()], pa.string())
+        mask = long
+        text = pc.replace_with_mask(text, mask, hashed)
+    return text
+
+
+def _float_text(values: pa.Array) -> pa.Array:
+    """float64 values as the decimal text of their IEEE-754 bits: exact, stable across versions."""
+    values = pc.cast(values, pa.float64())
+    bits = values.view(pa.int64()) if values.offset == 0 else pc.cast(values, pa.float64()).view(pa.int64())
+    return pc.binary_join_element_wise("f", pc.cast(bits, pa.string()), "")
+
+
+def _column_text(name: str, col: pa.Array, types: Mapping[str, str]) -> pa.Array:
+    """One column as canonical text (null where the value is null)."""
+    t, typ = types.get(name), col.type
+    if pa.types.is_null(typ):
+        return pa.nulls(len(col), pa.string())
+    if _is_string(typ):
+        return _string_text(col)
     if pa.types.is_timestamp(typ):
-        if typ.unit != "us":
-            col = pc.cast(col, pa.timestamp("us", tz=typ.tz), safe=False)
-        return pc.cast(col, pa.int64()).to_pylist()
-    if t == "number" and (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
-        return pc.cast(col, pa.float64()).to_pylist()
-    if t == "integer" and pa.types.is_integer(typ):
-        return pc.cast(col, pa.int64()).to_pylist()
-    if pa.types.is_dictionary(typ):  # one Python string per distinct value, shared by the rows
-        chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
-        values = []
-        for chunk in chunks:
-            d = chunk.dictionary.to_pylist()
-            values.extend(None if i is None else d[i] for i in chunk.indices.to_pylist())
-        return values
-    values = col.to_pylist()
-    if t in ("string", "boolean", "array") and not isinstance(typ, pa.StructType):
-        return values
-    return [None if v is None else _canon_value(name, v, types) for v in values]
+        micros = pc.cast(pc.cast(col, pa.timestamp("us", tz=typ.tz), safe=False), pa.int64())
+        return pc.binary_join_element_wise("t", pc.cast(micros, pa.string()), "")
+    if pa.types.is_boolean(typ):
+        return pc.binary_join_element_wise("b", pc.cast(col, pa.string()), "")
+    if pa.types.is_floating(typ) or (pa.types.is_integer(typ) and t == "number"):
+        return _float_text(col)
+    if pa.types.is_integer(typ):
+        return pc.binary_join_element_wise("i", pc.cast(pc.cast(col, pa.int64()), pa.string()), "")
+    if _metric_parts(col) is not None:
+        return _metrics_text(col)
+    return pa.array([_json_text(v, t == "object") for v in col.to_pylist()], pa.string())
+
+
+def _metrics_text(col: pa.Array) -> pa.Array:
+    """A metrics column (a list of (name, value) structs, or a map) as "m" + its entries sorted by
+    name, each "<name text>=<value text>", joined by "\x1f"; an empty list is "m"."""
+    col = _as_pairs(col)
+    names, values, parents = _metric_parts(col)  # type: ignore[misc]
+    if pa.types.is_dictionary(names.type):
+        names = names.dictionary.cast(pa.string()).take(names.indices)
+    names = names.cast(pa.string())
+    value_text = pc.fill_null(_float_text(values) if pa.types.is_floating(values.type) or pa.types.is_integer(values.type)
+                              else pa.array([None if v is None else repr(v) for v in values.to_pylist()], pa.string()),
+                              "n")
+    items = pc.binary_join_element_wise(pc.fill_null(_string_text(names), "n"), "=", value_text, "")
+    order = pc.sort_indices(pa.table({"p": parents, "n": names}), sort_keys=[("p", "ascending"), ("n", "ascending")])
+    lengths = pc.fill_null(pc.list_value_length(col), 0).cast(pa.int32())
+    offsets = pa.concat_arrays([pa.array([0], pa.int32()), pc.cumulative_sum(lengths).cast(pa.int32())])
+    lists = pa.ListArray.from_arrays(offsets, items.take(order), mask=pc.is_null(col))
+    return pc.binary_join_element_wise("m", pc.binary_join(lists, "\x1f"), "")
 
 
 def content_hashes(table: pa.Table | pa.RecordBatch) -> list[str]:
-    """``content_hash`` of every row of an Arrow table or batch (column by column: much faster)."""
+    """``content_hash`` of every row of an Arrow table or batch (vectorised: column by column)."""
+    if table.num_rows == 0:
+        return []
     types = _types()
-    names = sorted(n for n in table.column_names if n not in PROVENANCE_FIELDS)
-    cols = [_column_values(n, table.column(n), types) for n in names]
-    return [_digest([[n, v] for n, v in zip(names, row) if v is not None]) for row in zip(*cols)]
+    parts = []
+    for name in sorted(n for n in table.column_names if n not in PROVENANCE_FIELDS):
+        text = _column_text(name, _array(table.column(name)), types)
+        parts.append(pc.binary_join_element_wise(name + ":", text, ""))  # null stays null
+    if not parts:
+        return [_sha("")] * table.num_rows
+    rows = pc.binary_join_element_wise(*parts, "\x1e", null_handling="skip")
+    return [hashlib.sha256(r.encode("utf-8", "surrogatepass")).hexdigest()[:32] for r in rows.to_pylist()]
+
+
+def content_hash(row: Mapping[str, Any]) -> str:
+    """A stable hash of a record's content: identical records give the same hash whoever wrote them
+    (see the canonical form above); ``PROVENANCE_FIELDS`` are left out. First 32 hex digits of a SHA-256."""
+    types = _types()
+    known = {f.name for f in S.fields()}
+    rec = {k: v for k, v in row.items() if k in known}
+    table = S.records_to_table([rec])
+    table = table.select([n for n in table.column_names if n in row])
+    for k, v in row.items():  # a field of a newer version: Arrow's own type for it
+        if k not in known and v is not None:
+            table = table.append_column(k, pa.array([_float(v) if types.get(k) == "number" else v]))
+    return content_hashes(table)[0]
 
 
 # ---- vectorised checks ---------------------------------------------------------------------------------
@@ -256,11 +286,18 @@ def _bounds_mask(values: Any, lo: float | None, hi: float | None) -> Any:
     return m
 
 
+def _as_pairs(col: pa.Array) -> pa.Array:
+    """A map column (files from before the metrics became a list) as a list of (name, value) structs."""
+    if pa.types.is_map(col.type):
+        t = col.type
+        return col.cast(pa.list_(pa.struct([("name", t.key_type), ("value", t.item_type)])))
+    return col
+
+
 def _metric_parts(col: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array] | None:
     """(names, values, parent rows) of a metrics column: a list of (name, value) structs or a map."""
+    col = _as_pairs(col)
     t = col.type
-    if pa.types.is_map(t):
-        return pc.list_flatten(pc.map_keys(col)), pc.list_flatten(pc.map_values(col)), pc.list_parent_indices(col)
     if _is_list(t) and pa.types.is_struct(t.value_type) and t.value_type.get_field_index("name") >= 0 \
             and t.value_type.get_field_index("value") >= 0:
         flat = pc.list_flatten(col)
@@ -320,6 +357,7 @@ def _suspect_rows(batch: pa.Table) -> set[int]:
             if f.item_max_length is not None and _is_string(items.type):
                 bad.update(_parents(col, pc.greater(_length(items), f.item_max_length)))
         elif f.json_type == "object":
+            col = _as_pairs(col)
             parts = _metric_parts(col)
             if parts is None:
                 _flag(bad, pc.is_valid(col))
