@@ -433,7 +433,7 @@ def pull(remote: Remote, store: LocalStore | None = None, *, progress: bool = Tr
         # checked again like a new one, from the copy here.
         todo = [p for p in wanted if p not in quarantined and (p not in files or not (mirror / p).is_file())]
         result.up_to_date_files = len(wanted) - len(todo)
-        origins = _origins(remote, [p for p in todo if not (mirror / p).is_file()], log)
+        origins = _origins(remote, todo, log)
         incoming = mirror / ".incoming"
         from tqdm.auto import tqdm
         for p in tqdm(_order(todo, origins), desc="pulling", unit="file", disable=not progress or len(todo) < 20,
