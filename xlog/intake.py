@@ -58,7 +58,7 @@ class Limits:
     max_bytes: int = 64 * 2**20  # on disk (compressed)
     max_uncompressed_bytes: int = 1024 * 2**20  # the footer's uncompressed size of all column chunks
     max_string_chars: int = 65_536  # any single string cell (the schema's longest field, peft_config_json)
-    batch_rows: int = 2_048  # rows validated per batch at most ...
+    batch_rows: int = 8_192  # rows validated per batch at most ...
     batch_bytes: int = 8 * 2**20  # ... and fewer when rows are large: about this many bytes decoded per batch
 
 

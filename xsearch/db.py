@@ -146,10 +146,11 @@ def sources(home: str | os.PathLike | None = None, local: list[Path] | None = No
         for p in files:
             rel = p.relative_to(mirror).as_posix()
             meta = info.files.get(rel) or {}
+            when = meta.get("date") or meta.get("seen")
+            order = (when or "~", info.remote, int(meta.get("seq") or 1 << 40), rel)  # first committed first
             pulled_rows.append(({"_file": str(p), "source_remote": info.remote, "source_file": rel,
                                  "source_commit": meta.get("commit"), "source_pr": _int(meta.get("pr")),
-                                 "source_date": meta.get("date") or meta.get("seen")},
-                                (meta.get("date") or meta.get("seen") or "~", info.remote, int(meta.get("seq") or 1 << 40), rel)))
+                                 "source_date": when}, order))
         if info.index.num_rows:
             idx = info.index
             hashes.append(pa.table({"_file": pc.binary_join_element_wise(str(mirror) + "/", idx.column("file"), ""),

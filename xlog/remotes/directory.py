@@ -130,8 +130,8 @@ class DirectoryRemote(Remote):
                 st = os.lstat(self.root / p)
             except OSError:
                 continue
-            out[p] = {"commit": None, "pr": None,
-                      "date": datetime.fromtimestamp(st.st_ctime_ns / 1e9, timezone.utc).isoformat(timespec="microseconds"),
+            when = datetime.fromtimestamp(st.st_ctime_ns / 1e9, timezone.utc)
+            out[p] = {"commit": None, "pr": None, "date": when.isoformat(timespec="microseconds"),
                       "ctime_ns": st.st_ctime_ns}
         return out
 

@@ -34,7 +34,6 @@ from typing import Any, Callable, Mapping
 
 import pyarrow as pa
 import pyarrow.feather as feather
-import pyarrow.parquet as pq
 
 from .. import schema as S
 from ..errors import StoreNotWritableError
