@@ -219,8 +219,10 @@ def main() -> None:
             result["pull_before"] = _fresh_pull(url, "hf_maint", Path(tmp) / "reader1")
             dry_s, dry_out = _cli(["compact", REPO], env)
             apply_s, apply_out = _cli(["compact", REPO, "--apply"], env)
+            if not apply_out.startswith("compacted") and "\ncompacted" not in apply_out:
+                raise SystemExit(f"xlog compact --apply failed: {apply_out}")
             result["compact"] = {"dry_run_s": round(dry_s, 2), "apply_s": round(apply_s, 2),
-                                 "summary": apply_out.strip().splitlines()[0] if apply_out.strip() else ""}
+                                 "output": apply_out.strip().splitlines()}
             result["after_compaction"] = _shape(api)
             result["pull_after"] = _fresh_pull(url, "hf_maint", Path(tmp) / "reader2")
             result["compacted_again_is_noop"] = "nothing to compact" in _cli(["compact", REPO], env)[1]

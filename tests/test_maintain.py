@@ -194,6 +194,11 @@ def test_compact_hub(hub, tmp_path, make_records, monkeypatch):
     hub.put_file(REPO, dup_path, dup)
     bad_path, bad = _file([dict(recs[1], outcome_primary_value=0.0001)])
     hub.put_file(REPO, bad_path, bad)
+    # A pull request open while the maintainer compacts.
+    LocalStore(tmp_path / "bob").write_many(make_records(2, seed=300, created_at=datetime(2025, 3, 12,
+                                                                                       tzinfo=timezone.utc)))
+    code, out = _xlog(tmp_path / "bob", "hf_bob", "push", "--remote", REPO, "-q", monkeypatch=monkeypatch)
+    assert code == 0 and "opened pull request #1" in out, out
     before = dict(hub.files(REPO))
     n_commits = len(hub.commits(REPO))
     home = tmp_path / "maint"
@@ -203,8 +208,11 @@ def test_compact_hub(hub, tmp_path, make_records, monkeypatch):
     assert "holds a record id that conflicts elsewhere" in out, out
     assert hub.files(REPO) == before and len(hub.commits(REPO)) == n_commits
 
+    # The commit lands but its answer is lost: the retry meets its own commit (412) and says so.
+    hub.inject(r"POST /api/datasets/.*/commit/", drop="after")
     code, out = _xlog(home, "hf_maint", "compact", REPO, "--apply", monkeypatch=monkeypatch)
     assert code == 0 and out.startswith("compacted"), out
+    assert [s for m, p, s in hub.state.log if "/commit/" in p][-2:] == [0, 412]
     after = hub.files(REPO)
     assert len(hub.commits(REPO)) == n_commits + 1  # one commit
     data_before = [p for p in before if L.is_data_path(p)]
@@ -217,6 +225,11 @@ def test_compact_hub(hub, tmp_path, make_records, monkeypatch):
     # Nothing left to do; a second --apply changes nothing.
     code, out = _xlog(home, "hf_maint", "compact", REPO, "--apply", monkeypatch=monkeypatch)
     assert code == 0 and "nothing to compact" in out and len(hub.commits(REPO)) == n_commits + 1, out
+    # The PR opened before the compaction reviews as 2 new records and merges: it only adds files.
+    code, out = _xlog(home, "hf_maint", "merge", REPO, "1", monkeypatch=monkeypatch)
+    assert code == 0 and "2 new record(s) in 1 file(s)" in out, out
+    assert set(_pairs(hub.files(REPO))) == set(_pairs(after)) | set(_pairs(hub.pr_files(REPO, 1))) \
+        and len(set(_pairs(hub.files(REPO)))) == len(set(_pairs(after))) + 2
 
 
 def test_compact_directory_and_bounded_files(tmp_path, make_records, monkeypatch):

@@ -269,8 +269,10 @@ def review_one(remote: Remote, num: int, index: StoreIndex, main_listing: dict[s
         return rev
     rev.head = hub.revision_head(pr.ref)
     pr_listing = hub.list_files_at(pr.ref)
+    # What the PR changes is its diff (what a merge applies); without one, its tree against main's
+    # (which also lists files main dropped since the PR branched, e.g. by a compaction).
     diff_paths = {p for m in _DIFF_PATH.finditer(hub.pr_diff(num)) for p in m.groups()}
-    changed = sorted(diff_paths | {p for p in pr_listing if p not in main_listing})
+    changed = sorted(diff_paths or {p for p in pr_listing if p not in main_listing})
     deleted = [p for p in changed if p not in pr_listing]
     if deleted:
         rev.problems.append(f"deletes {len(deleted)} file(s) (e.g. {deleted[0]}): contributions only add files")

@@ -41,6 +41,10 @@ PR_TITLE_PREFIX = "xlog push"  # the PRs a push opens and appends to (the first 
 _PR_IN_TITLE = re.compile(r"\(#(\d+)\)\s*$")  # the Hub titles a merged PR's commit "<title> (#N)"
 
 
+class RemoteChangedError(RemoteError):
+    """A commit with ``parent_commit`` was refused: main is not at that commit any more."""
+
+
 @dataclass(frozen=True)
 class PullRequest:
     num: int
@@ -181,9 +185,10 @@ class HubRemote(Remote):
             # It answered, slowly or oddly: let the real request (and its retries) decide.
         self._reached = True
 
-    def _call(self, action: str, fn: Callable[[], T], retry: bool = False) -> T:
+    def _call(self, action: str, fn: Callable[[], T], retry: bool = False,
+              never_retry: frozenset[int] = frozenset()) -> T:
         """Run a client call; with ``retry``, back off and retry transient failures (not connection
-        errors: an endpoint that cannot be reached fails at once)."""
+        errors: an endpoint that cannot be reached fails at once; not the statuses in ``never_retry``)."""
         httpx = _httpx()
         self._reach(action)
         attempt = 0
@@ -194,7 +199,7 @@ class HubRemote(Remote):
                 raise
             except Exception as exc:
                 status = _status(exc)
-                transient = status in RETRY_STATUSES or isinstance(
+                transient = (status in RETRY_STATUSES and status not in never_retry) or isinstance(
                     exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ReadTimeout))
                 if not (retry and transient and attempt < self.max_retries):
                     raise self._explain(exc, action) from exc
@@ -397,11 +402,13 @@ class HubRemote(Remote):
             return self.api.create_commit(self.repo_id, ops, commit_message=message, commit_description=description,
                                           repo_type="dataset", parent_commit=parent_commit).oid
         try:
-            return self._call("commit to", attempt, retry=parent_commit is None)
+            # With a parent, a 412 means main moved: retrying cannot help (and must not override it).
+            return self._call("commit to", attempt, retry=True,
+                              never_retry=frozenset({409, 412}) if parent_commit else frozenset())
         except RemoteError as exc:
             if _status(exc.__cause__) == 412:
-                raise RemoteError(f"{self.repo_id} changed while this was planned (a push or merge landed): nothing "
-                                  "was changed; run the command again") from exc
+                raise RemoteChangedError(f"{self.repo_id} changed while this was planned (a push or merge landed, "
+                                         "or an earlier try of this commit whose answer was lost)") from exc
             raise
 
     def file_origins(self, paths: list[str]) -> dict[str, dict]:
