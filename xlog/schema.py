@@ -322,6 +322,11 @@ def row_label(i: int, record_id: Any) -> str:
     return f"row {i} (record {str(record_id)[:8]})" if isinstance(record_id, str) and record_id else f"row {i}"
 
 
+def compatible_type(got: pa.DataType, want: pa.DataType) -> bool:
+    """Whether a column of Arrow type ``got`` can hold the schema's type ``want`` (older writers)."""
+    return _compatible(got, want)
+
+
 def _compatible(got: pa.DataType, want: pa.DataType) -> bool:
     if got.equals(want) or pa.types.is_null(got):
         return True
