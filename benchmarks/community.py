@@ -2,7 +2,7 @@
 reviews, merges and compacts, a fresh reader who pulls. Real HTTP to the local Hub-compatible
 server (tests/hubserver.py, run in its own process), the unmodified huggingface_hub client.
 
-What runs (defaults: 40 contributors x 8 weekly pushes of 3 records, about 3 minutes on 2 cores;
+What runs (defaults: 30 contributors x 8 weekly pushes of 3 records, under 3 minutes on 2 busy cores;
 the committed results are from ``--contributors 100 --pushes 10``):
 
 1. every push is one ``create_commit`` of the files an ``xlog push`` writes (``layout.plan_files``:
@@ -20,7 +20,7 @@ commits, push / review / merge / pull / compact times and the reader's peak memo
 (as arithmetic, not measurement) where 1,000 contributors x 50 pushes, and 10x and 100x that,
 land against the Hub's limits. Prints a table and writes benchmarks/results/community.json.
 
-    python benchmarks/community.py [--contributors 40] [--pushes 8] [--records 3] [--pr-contributors 5]
+    python benchmarks/community.py [--contributors 30] [--pushes 8] [--records 3] [--pr-contributors 5]
 """
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def project(contributors: int, pushes: int, records: int, files_per_push: float,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--contributors", type=int, default=40)
+    ap.add_argument("--contributors", type=int, default=30)
     ap.add_argument("--pushes", type=int, default=8, help="pushes per contributor (one per simulated week)")
     ap.add_argument("--records", type=int, default=3, help="records per push")
     ap.add_argument("--pr-contributors", type=int, default=5, help="contributors who push through pull requests")

@@ -201,7 +201,11 @@ def _download(remote: Remote, path: str, dest: Path, size: int, limits: Limits, 
 
 
 def _limits_key(limits: Limits) -> list:
-    return [limits.max_rows, limits.max_bytes, limits.max_uncompressed_bytes, limits.max_string_chars]
+    """What the cached verdicts depend on: the limits, and the content hash's definition (a probe
+    record's hash changes when the canonical form does)."""
+    from .intake import content_hash
+    probe = content_hash({"record_id": "probe", "schema_version": 1, "outcome_primary_value": 0.5})
+    return [limits.max_rows, limits.max_bytes, limits.max_uncompressed_bytes, limits.max_string_chars, probe]
 
 
 # ---- review and merge ---------------------------------------------------------------------------
