@@ -109,7 +109,9 @@ class TaskKind:
                 "greater_is_better": self.greater_is_better}
 
     def feature_columns(self, task: "TaskData") -> dict[str, str | None]:
-        """``text_column``/``label_column`` for the task meta-features of the new task (xlog.taskfeatures)."""
+        """``text_column``/``label_column`` for the task meta-features of the new task
+        (xlog.taskfeatures), as the worker tells XLogCallback: the search compares the new task with
+        past ones on the features their records hold. Generative data is recognised by its columns."""
         return {"text_column": None, "label_column": None}
 
     # ---- direction -------------------------------------------------------------------------------

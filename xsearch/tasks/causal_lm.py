@@ -7,11 +7,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping
 
 from . import TaskKind
-from .generative import (CAUSAL_LM_ARGUMENTS, GenerativeTrainer, apply_causal_method, build_causal_lm, collator,
-                         encode_pair)
 
 if TYPE_CHECKING:
     from ..data import TaskData
+
+
+def _gen() -> Any:
+    """The shared generative code (imports torch: only in the worker, never in the search's driver)."""
+    from . import generative
+    return generative
 
 __all__ = ["CausalLM", "format_prompt"]
 
@@ -67,11 +71,11 @@ class CausalLM(TaskKind):
     def build_model(self, cfg: Mapping[str, Any], spec: Mapping[str, Any], task: "TaskData") -> tuple[Any, Any]:
         cols = [c for c in ("prompt", "response", "text") if c in task.train.columns]
         texts = [" ".join(str(r[c]) for c in cols) for r in task.train.to_dict("records")]
-        return build_causal_lm(cfg, spec, texts)
+        return _gen().build_causal_lm(cfg, spec, texts)
 
     def apply_method(self, model: Any, cfg: Mapping[str, Any], spec: Mapping[str, Any],
                      method_spec: Mapping[str, Any]) -> Any:
-        return apply_causal_method(model, cfg, spec, method_spec)
+        return _gen().apply_causal_method(model, cfg, spec, method_spec)
 
     def datasets(self, task: "TaskData", tokenizer: Any, cfg: Mapping[str, Any]) -> tuple[Any, Any]:
         import datasets
@@ -83,22 +87,19 @@ class CausalLM(TaskKind):
             for r in df.to_dict("records"):
                 if pair:
                     p = list(tokenizer(format_prompt(r["prompt"]), add_special_tokens=False)["input_ids"])
-                    enc = encode_pair(tokenizer, p, r["response"], max_len)
+                    enc = _gen().encode_pair(tokenizer, p, r["response"], max_len)
                     rows.append({**enc, "prompt": r["prompt"], "response": r["response"]})
                 else:
                     ids = list(tokenizer(r["text"], add_special_tokens=False)["input_ids"])
-                    rows.append({**encode_pair(tokenizer, ids, None, max_len), "text": r["text"]})
+                    rows.append({**_gen().encode_pair(tokenizer, ids, None, max_len), "text": r["text"]})
             return datasets.Dataset.from_list(rows)
         return encode(task.train), encode(task.eval)
 
     def training_arguments(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
-        return dict(CAUSAL_LM_ARGUMENTS)
+        return dict(_gen().CAUSAL_LM_ARGUMENTS)
 
     def trainer(self, *, model: Any, args: Any, train_dataset: Any, eval_dataset: Any, tokenizer: Any,
                 callbacks: list[Any], task: "TaskData", cfg: Mapping[str, Any],
                 options: Mapping[str, Any] | None = None) -> Any:
-        return GenerativeTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                                 processing_class=tokenizer, data_collator=collator(tokenizer), callbacks=callbacks)
-
-    def feature_columns(self, task: "TaskData") -> dict[str, str | None]:
-        return {"text_column": "prompt" if "prompt" in task.train.columns else "text", "label_column": None}
+        return _gen().GenerativeTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                 processing_class=tokenizer, data_collator=_gen().collator(tokenizer), callbacks=callbacks)

@@ -17,12 +17,16 @@ import numpy as np
 import pandas as pd
 
 from . import TaskKind
-from .generative import (CAUSAL_LM_ARGUMENTS, GenerativeTrainer, apply_causal_method, build_causal_lm, collator,
-                         encode_pair, generate)
 from .metrics import squad_scores
 
 if TYPE_CHECKING:
     from ..data import TaskData
+
+
+def _gen() -> Any:
+    """The shared generative code (imports torch: only in the worker, never in the search's driver)."""
+    from . import generative
+    return generative
 
 __all__ = ["QuestionAnswering", "prompt_ids", "gold_answers"]
 
@@ -123,11 +127,11 @@ class QuestionAnswering(TaskKind):
     def build_model(self, cfg: Mapping[str, Any], spec: Mapping[str, Any], task: "TaskData") -> tuple[Any, Any]:
         texts = [" ".join(str(r.get(c) or "") for c in ("context", "question", "answer"))
                  for r in task.train.to_dict("records")]
-        return build_causal_lm(cfg, spec, texts)
+        return _gen().build_causal_lm(cfg, spec, texts)
 
     def apply_method(self, model: Any, cfg: Mapping[str, Any], spec: Mapping[str, Any],
                      method_spec: Mapping[str, Any]) -> Any:
-        return apply_causal_method(model, cfg, spec, method_spec)
+        return _gen().apply_causal_method(model, cfg, spec, method_spec)
 
     def _answer_room(self, tok: Any, task: "TaskData") -> int:
         """Generated tokens per question: the 95th percentile of the training answers' lengths in
@@ -146,13 +150,13 @@ class QuestionAnswering(TaskKind):
             for r in df.to_dict("records"):
                 p = prompt_ids(tokenizer, r["question"], r.get("context"), max_len, room,
                                answer=r["answer"] if train else None)
-                rows.append({**encode_pair(tokenizer, p, " " + r["answer"], max_len),
+                rows.append({**_gen().encode_pair(tokenizer, p, " " + r["answer"], max_len),
                              **{c: r[c] for c in ("context", "question", "answer") if c in r}})
             return datasets.Dataset.from_list(rows)
         return encode(task.train, True), encode(task.eval, False)
 
     def training_arguments(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
-        return dict(CAUSAL_LM_ARGUMENTS)
+        return dict(_gen().CAUSAL_LM_ARGUMENTS)
 
     def trainer(self, *, model: Any, args: Any, train_dataset: Any, eval_dataset: Any, tokenizer: Any,
                 callbacks: list[Any], task: "TaskData", cfg: Mapping[str, Any],
@@ -170,11 +174,8 @@ class QuestionAnswering(TaskKind):
         def answer_metrics(model: Any) -> dict[str, float]:
             if not prompts:
                 return {}
-            preds = generate(model, tokenizer, prompts, max_new_tokens=room)
+            preds = _gen().generate(model, tokenizer, prompts, max_new_tokens=room)
             return squad_scores(preds, golds)
-        return GenerativeTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                                 processing_class=tokenizer, data_collator=collator(tokenizer),
+        return _gen().GenerativeTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                 processing_class=tokenizer, data_collator=_gen().collator(tokenizer),
                                  callbacks=callbacks, eval_extra=answer_metrics)
-
-    def feature_columns(self, task: "TaskData") -> dict[str, str | None]:
-        return {"text_column": "question", "label_column": None}
