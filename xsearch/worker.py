@@ -31,11 +31,9 @@ from .data import TaskData
 from .tasks import get_task_kind
 # The kinds' modules (and what they import) are preloaded by the fork server too: a candidate
 # that maps a library late, under a memory limit, can fail like an OOM.
-from .tasks import causal_lm as _causal_lm  # noqa: F401
-from .tasks import question_answering as _question_answering  # noqa: F401
+from .tasks import generative as _generative  # noqa: F401
+from .tasks.classifier import MeanPoolingForSequenceClassification, build_model, compute_metrics, sentence_pooling
 from .tasks.methods import apply_method
-from .tasks.text_classification import (MeanPoolingForSequenceClassification, build_model, compute_metrics,
-                                        sentence_pooling)
 from .tasks.tiny import TINY_PREFIX
 
 try:  # energy metering starts inside the memory limit: load it beforehand
