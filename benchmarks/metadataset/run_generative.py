@@ -261,12 +261,19 @@ def main(argv: list[str] | None = None) -> int:
             if not a.no_export:
                 _export(home, a.out, cache)
     except KeyboardInterrupt:
-        log.info("stopped after %d runs", n_run)
-    finally:
-        for ev in evaluators.values():
-            ev.close()
+        # Stopped (SIGTERM, Ctrl-C): export and leave at once. Closing the evaluators would wait for
+        # the running candidate; a candidate whose harness is gone ends itself within a second and
+        # is recorded as interrupted (xsearch.worker.watch_parent), so a resumed harness runs it again
+        # (a SIGTERM sent to the candidate itself would be recorded as a timeout: never do that).
+        log.info("stopped after %d runs in %.0f s", n_run, time.monotonic() - t_start)
         if not a.no_export:
             _export(home, a.out, cache)
+        logging.shutdown()
+        os._exit(130)
+    for ev in evaluators.values():
+        ev.close()
+    if not a.no_export:
+        _export(home, a.out, cache)
     log.info("%d runs in %.0f s", n_run, time.monotonic() - t_start)
     return 0
 
