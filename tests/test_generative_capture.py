@@ -239,3 +239,23 @@ def test_percent_scale_known_per_metric():
     assert out == {"f1": pytest.approx(0.008), "exact_match": 0.0, "eval_loss": 3.2} and notes == []
     out, notes = S.rescale_scores({"f1": 88.5, "accuracy": 0.9})
     assert out == {"f1": pytest.approx(0.885), "accuracy": 0.9} and [n for n, _ in notes] == ["f1"]
+
+
+def test_files_without_the_generative_columns_are_still_read(tmp_path, make_records):
+    """A record file written before these columns existed is read beside new ones (union_by_name)."""
+    import pyarrow.parquet as pq
+    from xsearch.estimators import load_experiences
+    store = LocalStore(tmp_path / "home")
+    new, old = make_records(2, seed=4, status="completed")
+    new = dict(new, task_type="question-answering", task_answer_tokens_mean=4.5, task_question_context_overlap=0.6)
+    path = store.write(new)
+    old_path = store.write(old)
+    added = [f.name for f in S.fields() if f.name.startswith(("task_prompt_", "task_context_", "task_question_",
+                                                                 "task_answer_"))]
+    assert len(added) == 12
+    table = pq.read_table(old_path)
+    pq.write_table(table.drop_columns(added), old_path)  # as an older xlog wrote it
+    exp = load_experiences(tmp_path / "home").set_index("record_id")
+    assert len(exp) == 2 and path.is_file()
+    assert exp.loc[new["record_id"], "task_answer_tokens_mean"] == 4.5
+    assert pd.isna(exp.loc[old["record_id"], "task_answer_tokens_mean"])

@@ -82,6 +82,11 @@ class XLogCallback(TrainerCallback):
     ``transformers.Trainer`` run (successful or not) as one row in the local xlog store.
 
     Add it with one line: ``Trainer(..., callbacks=[XLogCallback()])``. Every argument is optional.
+    The same line records classification, question answering and causal-LM runs: the task type
+    comes from the model head and the data (question and answer columns: ``question-answering``),
+    and generative data gets its own meta-features (prompt, context, question and answer lengths in
+    tokens, question-context overlap; from the text columns, or from the -100 mask of the labels of
+    pre-tokenized data), never its text.
 
     Args:
         task_name, task_type, language, domain: describe the task (public, user-chosen strings:
@@ -93,7 +98,8 @@ class XLogCallback(TrainerCallback):
         text_column, label_column: dataset columns to describe (default: detected).
         max_sample: rows sampled for task meta-features (bounds their cost on large datasets).
         primary_metric: metric to report as primary (default: ``metric_for_best_model``, else F1,
-            accuracy, loss). greater_is_better: its direction (default: inferred).
+            accuracy, loss). greater_is_better: its direction (default: False for a loss, perplexity
+            or error rate, else the Trainer's ``greater_is_better``, else True).
         energy: measure energy (codecarbon offline tracker and NVML counters when available).
         country_iso_code: grid for CO2 (default: ``$XLOG_COUNTRY_ISO_CODE`` or USA).
         max_seq_length: the maximum sequence length your preprocessing uses, if the data is not
