@@ -576,8 +576,11 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
                                      cpus_per_candidate=cpus_per_candidate, memory_gb=memory_limit_gb,
                                      ray_address=ray_address, slurm_partition=slurm_partition)
     run_dir = Path(out_dir) / "runs" / search_id  # worker logs stay for the user
+    # A candidate that dies before writing its record gets a stand-in: it still says which task kind.
+    defaults = {"task_type": kind.name, "task_n_train": len(task.train), "task_n_eval": len(task.eval)}
     pool = make_executor(executor, exec_settings, task_dir=work / "task", space=space, store=store,
-                         search_id=search_id, task_name=task.name, seed=seed, energy=energy, work_dir=run_dir)
+                         search_id=search_id, task_name=task.name, seed=seed, energy=energy, work_dir=run_dir,
+                         record_defaults=defaults)
     import threading
     warm_err: list[BaseException] = []
 
@@ -617,7 +620,8 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         manifest = {
             "search_id": search_id, "status": "running", "space": space.to_dict(),
             "options": {"data": str(Path(data).resolve()) if data else None, "text_column": text_column,
-                        "label_column": label_column, "task_type": kind.name, "columns": cols, "budget_s": budget_s, "energy_budget_kwh": energy_budget_kwh,
+                        "label_column": label_column, "task_type": kind.name, "columns": cols,
+                        "budget_s": budget_s, "energy_budget_kwh": energy_budget_kwh,
                         "max_evals": max_evals, "seed": seed, "memory_limit_gb": memory_limit_gb,
                         "population": population, "max_train": max_train, "max_eval": max_eval, "energy": energy,
                         "max_candidate_s": max_candidate_s, "out_dir": str(Path(out_dir).resolve()), "warm": warm,
