@@ -385,8 +385,11 @@ def _task_features(task: Any, space: SearchSpace, kind: Any = None) -> dict[str,
     return feats
 
 
-def _experience_model(store_root: Any, search_id: str, use_estimators: bool) -> tuple[pd.DataFrame, Any]:
-    """Past experience (without this search's own records) and estimators fitted on it."""
+def _experience_model(store_root: Any, search_id: str, use_estimators: bool,
+                      quality_metric: str | None = None) -> tuple[pd.DataFrame, Any]:
+    """Past experience (without this search's own records) and estimators fitted on it; quality is
+    learned on the search's own metric family (``quality_metric``: the task kind's primary
+    metric), never on another (an F1 store teaches a causal-LM search cost and failure only)."""
     try:
         from .estimators import Estimators, load_experiences
     except ImportError as exc:
@@ -406,7 +409,7 @@ def _experience_model(store_root: Any, search_id: str, use_estimators: bool) -> 
     if not use_estimators or len(exp) == 0:
         return exp, None
     try:
-        est = Estimators().fit(exp)
+        est = Estimators(quality_metric=quality_metric).fit(exp)
     except Exception as exc:
         log.warning("could not fit the estimators (%s: %s): going on without predictions", type(exc).__name__, exc)
         return exp, None
@@ -596,7 +599,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         from xlog.hardware import probe_hardware
         task_features = _task_features(task, space, kind)
         hardware = probe_hardware()
-        exp, est = _experience_model(store.root, search_id, use_estimators)
+        exp, est = _experience_model(store.root, search_id, use_estimators, kind.primary_metric)
         emit("status", {"message": f"experience: {len(exp)} past records; estimators "
                         + (f"fitted ({', '.join(est.fitted_targets)})" if est is not None else "not fitted (zero-shot)")})
         seeds: list[Config] = []
