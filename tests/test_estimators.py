@@ -211,7 +211,7 @@ def test_loss_only_store_negates_quality():
     assert est.quality_sd_source_ == "target-spread" and est.quality_sd_ == pytest.approx(float(np.std(y.dropna())))
 
 
-def test_quality_is_learned_per_metric_family_and_never_mixes_them(experiences):
+def test_quality_is_learned_per_metric_family_and_never_mixes_them(experiences, tmp_path, monkeypatch):
     from xsearch.errors import XSearchError
     from xsearch.estimators import MixedMetricFamilies, quality_direction, quality_family
     # Asking for an F1 and a loss at once is refused, with what to do instead.
@@ -222,6 +222,9 @@ def test_quality_is_learned_per_metric_family_and_never_mixes_them(experiences):
     with pytest.raises(MixedMetricFamilies):
         grouped_cv_report(experiences, quality_metric="f1+loss")
     assert quality_family(["eval_f1", "f1"]) == "f1"  # one family, two spellings
+    monkeypatch.setenv("XLOG_HOME", str(tmp_path / "home"))
+    res = CliRunner().invoke(xsearch_main, ["estimators", "--quality-metric", "f1,loss"])
+    assert res.exit_code == 2 and "per metric family" in res.output and "Traceback" not in res.output
     # The loss family of the mixed store: only the causal-LM runs teach it, lowest loss best.
     est = Estimators(quality_metric="eval_loss").fit(experiences)
     assert est.quality_metric == "loss" and est.quality_sign == -1.0 and est.skipped_families_ == {}  # all log a loss
