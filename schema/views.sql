@@ -2,7 +2,8 @@
 -- xsearch.db creates `experiences` (with the source_* provenance columns) and `conflicts` from the
 -- Parquet files, then runs this file.
 -- A "task" is (task_name, outcome_primary_metric): runs are only compared on the same metric.
--- Quality is oriented so that higher is better (outcome_greater_is_better = false flips it).
+-- Quality is oriented so that higher is better: outcome_greater_is_better = false flips it, and so
+-- does a primary metric named as a loss, perplexity or error rate (records without a direction).
 
 -- metric(outcome_metrics, 'eval_f1'): one metric's value from the list of (name, value) structs.
 CREATE OR REPLACE MACRO metric(metrics, metric_name) AS
@@ -11,7 +12,10 @@ CREATE OR REPLACE MACRO metric(metrics, metric_name) AS
 -- Completed runs with a primary metric, with an oriented quality score.
 CREATE OR REPLACE VIEW completed_runs AS
 SELECT *,
-       CASE WHEN outcome_greater_is_better IS FALSE THEN -outcome_primary_value
+       CASE WHEN outcome_greater_is_better IS FALSE
+                 OR (outcome_greater_is_better IS NULL AND regexp_matches(lower(outcome_primary_metric),
+                     '(^|[_./-])(loss|perplexity|ppl|nll|error|err|wer|cer|mse|mae|rmse)([_./-]|$)'))
+            THEN -outcome_primary_value
             ELSE outcome_primary_value END AS quality
 FROM experiences
 WHERE status = 'completed' AND outcome_primary_value IS NOT NULL;
