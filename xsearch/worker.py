@@ -40,15 +40,16 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from xlog.callback import XLogCallback
 from xlog.modelfeatures import _layer_lists  # the same notion of "layer" the records use
 
-from .space import resolve_model_path
+from .space import (PROMPT_METHODS, STRUCTURE_DECISIONS, STRUCTURED_METHODS, SearchSpace, StructureError,
+                    canonical_kinds, layer_indices, resolve_model_path)
 
 try:  # energy metering starts inside the memory limit: load it beforehand
     import codecarbon  # noqa: F401
 except ImportError:
     pass
 
-__all__ = ["MeanPoolingForSequenceClassification", "apply_method", "build_model", "compute_metrics",
-           "sentence_pooling", "run"]
+__all__ = ["MeanPoolingForSequenceClassification", "apply_method", "build_model", "check_space_structures",
+           "check_structure", "compute_metrics", "peft_config_for", "sentence_pooling", "run"]
 
 log = logging.getLogger("xsearch.worker")
 TINY_PREFIX = "tiny:"
@@ -179,17 +180,39 @@ def sentence_pooling(name: str, path: str, spec: dict[str, Any]) -> str | None:
     return "mean" if name.startswith("sentence-transformers/") else None
 
 
+TINY_ARCHS = ("bert", "llama", "gpt2")
+
+
 def parse_tiny(name: str) -> tuple[int, int]:
-    """``tiny:bert-LxH`` -> (layers, hidden size)."""
+    """``tiny:bert-LxH`` (or ``tiny:llama-LxH``, ``tiny:gpt2-LxH``) -> (layers, hidden size)."""
     spec = name[len(TINY_PREFIX):]
     try:
         arch, dims = spec.split("-", 1)
         layers, hidden = (int(x) for x in dims.lower().split("x"))
     except ValueError:
-        raise ValueError(f"tiny model {name!r}: expected tiny:bert-<layers>x<hidden>, e.g. tiny:bert-2x32") from None
-    if arch != "bert":
-        raise ValueError(f"tiny model {name!r}: only 'bert' tiny models can be built")
+        raise ValueError(f"tiny model {name!r}: expected tiny:<arch>-<layers>x<hidden>, e.g. tiny:bert-2x32") from None
+    if arch not in TINY_ARCHS:
+        raise ValueError(f"tiny model {name!r}: only {', '.join(TINY_ARCHS)} tiny models can be built")
     return layers, hidden
+
+
+def tiny_config(name: str, vocab_size: int = 1000, n_labels: int = 2, pad_token_id: int = 0) -> Any:
+    """The transformers config of a ``tiny:`` model (a BERT, Llama or GPT-2 built from scratch)."""
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+    layers, hidden = parse_tiny(name)
+    arch = name[len(TINY_PREFIX):].split("-", 1)[0]
+    heads = max(1, hidden // 16)
+    if arch == "llama":
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                           num_key_value_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=512,
+                           num_labels=n_labels, pad_token_id=pad_token_id)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=512,
+                          num_labels=n_labels, pad_token_id=pad_token_id, bos_token_id=pad_token_id,
+                          eos_token_id=pad_token_id)
+    return BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                      intermediate_size=2 * hidden, max_position_embeddings=512, num_labels=n_labels,
+                      pad_token_id=pad_token_id)
 
 
 def tiny_tokenizer(texts: list[str], vocab_size: int = 1000) -> Any:
@@ -210,14 +233,10 @@ def tiny_tokenizer(texts: list[str], vocab_size: int = 1000) -> Any:
 def build_model(cfg: dict[str, Any], spec: dict[str, Any], n_labels: int, train_texts: list[str]) -> tuple[Any, Any]:
     name = cfg["model_name"]
     if name.startswith(TINY_PREFIX):
-        from transformers import BertConfig, BertForSequenceClassification
-        layers, hidden = parse_tiny(name)
         tok = tiny_tokenizer(train_texts)
-        mcfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                          num_attention_heads=max(1, hidden // 16), intermediate_size=2 * hidden,
-                          max_position_embeddings=512, num_labels=n_labels, pad_token_id=tok.pad_token_id)
+        mcfg = tiny_config(name, tok.vocab_size, n_labels, tok.pad_token_id)
         torch.manual_seed(0)
-        return BertForSequenceClassification(mcfg), tok
+        return AutoModelForSequenceClassification.from_config(mcfg), tok
     path = resolve_model_path(name, spec)
     if path != name:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local copy: never reach for the network
@@ -256,6 +275,10 @@ def apply_method(model: Any, cfg: dict[str, Any], spec: dict[str, Any], method_s
                 p.requires_grad = True
         return model
     import peft
+    check_structure(model, cfg, int(cfg.get("train_max_seq_length") or 0))
+    structured = peft_config_for(model, cfg, spec, method_spec)
+    if structured is not None:
+        return peft.get_peft_model(model, structured)
     if method == "lora":
         targets = spec.get("lora_target_modules")
         conf = peft.LoraConfig(task_type=peft.TaskType.SEQ_CLS, r=int(cfg["peft_lora_r"]),
@@ -265,6 +288,173 @@ def apply_method(model: Any, cfg: dict[str, Any], spec: dict[str, Any], method_s
     else:  # any other peft type, with keyword arguments from the space's `methods:` section
         conf = peft.get_peft_config({"peft_type": method.upper(), "task_type": "SEQ_CLS", **method_spec})
     return peft.get_peft_model(model, conf)
+
+
+# ---- PEFT structures -------------------------------------------------------------------------------------
+def _structure_set(cfg: dict[str, Any]) -> bool:
+    return any(cfg.get(k) is not None for k in STRUCTURE_DECISIONS)
+
+
+def _model_kinds(model: Any) -> tuple[str, list[int], dict[str, tuple[str, ...]]]:
+    """(layer list name, layer indices, kinds of the first block's modules) of a (base) model."""
+    from xlog.peftfeatures import block_modules, layer_blocks
+    list_name, blocks = layer_blocks(model)
+    if not blocks:
+        return "", [], {}
+    return list_name, [i for i, _, _ in blocks], block_modules(blocks[0][2])
+
+
+def _targets(cfg: dict[str, Any], spec: dict[str, Any], rels: dict[str, tuple[str, ...]],
+             model: Any) -> tuple[list[str], set[str]]:
+    """Module names (relative to a block) of the config's kinds, and the kinds asked for."""
+    from xlog.peftfeatures import module_kinds
+    given = cfg.get("peft_module_kinds")
+    if given is None and spec.get("lora_target_modules"):
+        given = "+".join(k for t in spec["lora_target_modules"] for k in module_kinds(str(t))) or None
+    wanted = set(canonical_kinds(given or "attn_q+attn_v").split("+"))
+    arch = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    targets = [rel for rel, ks in rels.items() if set(ks) <= wanted]
+    fused = sorted(rel for rel, ks in rels.items() if set(ks) & wanted and not set(ks) <= wanted)
+    if fused:
+        rel = fused[0]
+        raise StructureError(f"{arch}: module {rel} fuses {'+'.join(rels[rel])}; peft_module_kinds "
+                             f"{canonical_kinds(sorted(wanted))} takes only part of it (choose all of its kinds)")
+    missing = wanted - {k for rel in targets for k in rels[rel]}
+    if missing:
+        have = canonical_kinds(sorted({k for ks in rels.values() for k in ks})) if rels else "none"
+        raise StructureError(f"{arch} has no module of kind {', '.join(sorted(missing))} "
+                             f"(its blocks have {have})")
+    return targets, wanted
+
+
+def check_structure(model: Any, cfg: dict[str, Any], max_seq_length: int = 0) -> None:
+    """Raise ``StructureError`` (before any training) when ``model`` cannot take the config's PEFT
+    structure: layers beyond its depth, a module kind it lacks or fuses with another one, prefix
+    tuning (no sequence-classification model of transformers takes the past key values it
+    needs), virtual tokens that push the sequence beyond the model's positions."""
+    method = str(cfg.get("ft_method")).lower()
+    arch = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    if method == "prefix_tuning":
+        raise StructureError(f"prefix_tuning: {arch} sequence classification does not take past key values, which "
+                             "prefix tuning needs (peft supports it for causal-LM heads); use prompt_tuning or lora")
+    if method in PROMPT_METHODS:
+        n_virtual = int(cfg.get("peft_num_virtual_tokens") or 8)
+        conf = getattr(model, "config", None)
+        max_pos = getattr(conf, "max_position_embeddings", None) or getattr(conf, "n_positions", None)
+        if max_pos and max_seq_length and n_virtual + max_seq_length > int(max_pos):
+            raise StructureError(f"{method}: {n_virtual} virtual tokens + train_max_seq_length {max_seq_length} "
+                                 f"exceed the {max_pos} positions of {arch}")
+        return
+    if method not in STRUCTURED_METHODS or not _structure_set(cfg):
+        if method in ("full", "partial") and (cfg.get("peft_layer_pattern") or cfg.get("peft_module_kinds")):
+            raise StructureError(f"{method} fine-tuning has no PEFT structure; condition peft_layer_pattern and "
+                                 "peft_module_kinds on ft_method lora/ia3")
+        return
+    list_name, layers, rels = _model_kinds(model)
+    if not layers:
+        raise StructureError(f"{arch}: no list of transformer layers found to place adapters in")
+    layer_indices(str(cfg.get("peft_layer_pattern") or "all"), len(layers))
+    targets, wanted = _targets(cfg, {}, rels, model) if cfg.get("peft_module_kinds") else ([], set())
+    if method == "ia3" and (cfg.get("peft_rank_ffn") is not None or cfg.get("peft_use_dora") or cfg.get("peft_use_rslora")):
+        raise StructureError("ia3 has no rank, DoRA or rsLoRA: condition peft_rank_ffn, peft_use_dora and "
+                             "peft_use_rslora on ft_method lora")
+    if cfg.get("peft_rank_ffn") is not None and wanted and not wanted & {"ffn_in", "ffn_out"}:
+        raise StructureError("peft_rank_ffn is set but peft_module_kinds has no feed-forward kind")
+
+
+def peft_config_for(model: Any, cfg: dict[str, Any], spec: dict[str, Any], method_spec: dict[str, Any]) -> Any:
+    """The ``peft`` config of a config's structure decisions (None when the config decides no
+    structure and the method is LoRA: the space's ``lora_target_modules`` path then).
+
+    LoRA: ``target_modules`` are the block-relative names of the chosen kinds, with
+    ``layers_to_transform``/``layers_pattern`` for the layers, ``exclude_modules`` for names that end
+    like a target (BERT's attention.output.dense ends like its feed-forward output.dense),
+    ``rank_pattern`` for ``peft_rank_ffn``, and ``use_dora``/``use_rslora``. IA3 (no
+    ``layers_to_transform``): per-layer module names, the feed-forward outputs as
+    ``feedforward_modules``. Prompt tuning / P-tuning: ``num_virtual_tokens``."""
+    import re
+
+    import peft
+    method = str(cfg.get("ft_method")).lower()
+    extra = dict(method_spec or {})
+    if method in PROMPT_METHODS:
+        n_virtual = int(cfg.get("peft_num_virtual_tokens") or extra.pop("num_virtual_tokens", 8))
+        cls = {"prompt_tuning": peft.PromptTuningConfig, "p_tuning": peft.PromptEncoderConfig,
+               "prefix_tuning": peft.PrefixTuningConfig}[method]
+        return cls(task_type=peft.TaskType.SEQ_CLS, num_virtual_tokens=n_virtual, **extra)
+    if method not in STRUCTURED_METHODS or (method == "lora" and not _structure_set(cfg)):
+        return None
+    list_name, layers, rels = _model_kinds(model)
+    idx = layer_indices(str(cfg.get("peft_layer_pattern") or "all"), len(layers))
+    targets, _ = _targets(cfg, spec, rels, model)
+    if method == "ia3":
+        names = [f"{list_name}.{i}.{rel}" for i in idx for rel in targets]
+        ffn = [f"{list_name}.{i}.{rel}" for i in idx for rel in targets if "ffn_out" in rels[rel]]
+        return peft.IA3Config(task_type=peft.TaskType.SEQ_CLS, target_modules=names, feedforward_modules=ffn, **extra)
+    r = int(cfg.get("peft_lora_r") or 8)
+    excludes = sorted(rel for rel in rels if rel not in targets and any(rel.endswith("." + t) for t in targets))
+    rank_ffn = cfg.get("peft_rank_ffn")
+    rank_pattern = {rf"{re.escape(list_name)}\.\d+\.{re.escape(rel)}": int(rank_ffn)
+                    for rel in targets if rank_ffn is not None and set(rels[rel]) & {"ffn_in", "ffn_out"}}
+    return peft.LoraConfig(
+        task_type=peft.TaskType.SEQ_CLS, r=r, lora_alpha=float(cfg.get("peft_lora_alpha") or 2 * r),
+        lora_dropout=float(cfg.get("peft_lora_dropout") or 0.0), target_modules=targets,
+        exclude_modules=excludes or None, layers_to_transform=idx, layers_pattern=list_name,
+        rank_pattern=rank_pattern, use_dora=bool(cfg.get("peft_use_dora")),
+        use_rslora=bool(cfg.get("peft_use_rslora")), **extra)
+
+
+def _skeleton(name: str, spec: dict[str, Any]) -> Any:
+    """The model of a space entry without its weights (on the meta device): its config and module
+    tree are what a structure check needs."""
+    if name.startswith(TINY_PREFIX):
+        mcfg = tiny_config(name)
+    else:
+        path = resolve_model_path(name, spec)
+        mcfg = AutoConfig.from_pretrained(path)
+        mcfg.num_labels = 2
+    with torch.device("meta"):
+        return AutoModelForSequenceClassification.from_config(mcfg)
+
+
+def check_space_structures(space: SearchSpace) -> None:
+    """Every structure value of ``space`` against every model it can be combined with, before the
+    search starts: a value no model can take raises ``StructureError`` naming model and value."""
+    methods = space.param("ft_method").values
+    structure = [p for p in space.parameters if p.name in STRUCTURE_DECISIONS or p.name == "ft_method"]
+    if not any(p.name in STRUCTURE_DECISIONS for p in structure) and not set(methods) & set(PROMPT_METHODS):
+        return
+    max_seq = max((int(v) for v in space.param("train_max_seq_length").values), default=0) \
+        if "train_max_seq_length" in space.names else 0
+    for name in space.param("model_name").values:
+        try:
+            model = _skeleton(str(name), space.model_spec(str(name)))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot check the PEFT structures of %s before the search (%s)", name, exc)
+            continue
+        for method in methods:
+            base = {"model_name": name, "ft_method": method}
+            # Each structure value on its own (with the others at their defaults): a value no
+            # combination can use is an error of the space, caught before any training.
+            for p in structure:
+                if p.name == "ft_method":
+                    check_structure(model, dict(base, train_max_seq_length=max_seq), max_seq)
+                    continue
+                if not p.active(base):
+                    continue
+                for v in p.values:
+                    if v is None or v is False:
+                        continue
+                    cfg = dict(base, **{p.name: v})
+                    if p.name == "peft_rank_ffn":
+                        cfg["peft_module_kinds"] = next(k for k in dict(p.when).get("peft_module_kinds", ("ffn",)))
+                    try:
+                        check_structure(model, cfg, max_seq)
+                        if method in STRUCTURED_METHODS:
+                            peft_config_for(model, dict(cfg, peft_lora_r=8), space.model_spec(str(name)), {})
+                    except StructureError as exc:
+                        raise StructureError(f"space {space.name}: model {name} with ft_method {method}, "
+                                             f"{p.name}={v!r}: {exc}") from None
 
 
 # ---- resource limits and supervision ---------------------------------------------------------------
