@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping
 import pandas as pd
 
 from .evaluator import Evaluator, Outcome
-from .search import EvolutionarySearch, SearchSettings, Skip, best_of, pareto_front
+from .search import COSTS, EvolutionarySearch, SearchSettings, Skip, front_2d, incumbent_of, pareto_front
 from .space import Config, Distribution, SearchSpace, resolve_model_path
 
 log = logging.getLogger("xsearch.runner")
@@ -52,6 +52,8 @@ class SearchResult:
     compute_s: float = 0.0  # sum of the candidates' own times (> wall time with several workers)
     gpu_s: float = 0.0
     workers: int = 1
+    objective: str = "quality"  # what ``incumbent`` means (xsearch.search.OBJECTIVES)
+    knee_tolerance: float = 0.01
 
     @property
     def outcomes(self) -> list[Outcome]:
@@ -59,7 +61,13 @@ class SearchResult:
 
     @property
     def incumbent(self) -> Outcome | None:
-        return best_of(self.outcomes)
+        return incumbent_of(self.outcomes, self.objective, self.knee_tolerance)
+
+    def front(self, cost: str) -> list[Outcome]:
+        """The quality-vs-``cost`` Pareto front (``params``, ``runtime`` or ``energy``), cheapest first."""
+        if cost not in COSTS:
+            raise ValueError(f"cost {cost!r}: choose one of {', '.join(COSTS)}")
+        return front_2d(self.outcomes, cost)
 
     @property
     def n_failed(self) -> int:
@@ -203,7 +211,8 @@ class SearchLoop:
         self.on_event("done", {"stop_reason": stop})
         s = self.search
         return SearchResult(self.search_id, self.evaluations, s.skipped, s.generation, self.used_s, self.used_kwh,
-                            stop or "done", s.initial, s.dist, self.settings.budget_s, list(s.skip_log))
+                            stop or "done", s.initial, s.dist, self.settings.budget_s, list(s.skip_log),
+                            objective=self.settings.objective, knee_tolerance=self.settings.knee_tolerance)
 
 
 def run_loop(space: SearchSpace, evaluator: Evaluator, settings: SearchSettings, search_id: str = "search", *,
@@ -294,7 +303,8 @@ class ParallelLoop(SearchLoop):
         self.on_event("done", {"stop_reason": stop})
         s = self.search
         res = SearchResult(self.search_id, self.evaluations, s.skipped, s.generation, self.used_s, self.used_kwh,
-                           stop or "done", s.initial, s.dist, self.settings.budget_s, list(s.skip_log))
+                           stop or "done", s.initial, s.dist, self.settings.budget_s, list(s.skip_log),
+                           objective=self.settings.objective, knee_tolerance=self.settings.knee_tolerance)
         res.compute_s = self.compute_s
         res.gpu_s = self.compute_s * self.gpus_per_candidate
         res.workers = self.executor.slots
@@ -457,7 +467,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
                on_event: Callable[[str, dict[str, Any]], None] | None = None,
                space: SearchSpace | None = None, executor: str = "local", workers: int = 1,
                gpus_per_candidate: float | None = None, cpus_per_candidate: float = 1.0,
-               ray_address: str | None = None, slurm_partition: str | None = None
+               ray_address: str | None = None, slurm_partition: str | None = None, objective: str | None = None
                ) -> tuple[SearchResult, dict[str, Path]]:
     """Run (or resume) a search end to end; returns the result and the paths of the reports.
 
@@ -468,7 +478,15 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
     (``$XLOG_HOME/searches/ID.json``); budget options given here (``budget_s``, ``max_evals``,
     ``energy_budget_kwh``) replace the recorded ones. ``budget_s`` defaults to 300 s (None means
     the default, not 0: a limit that is not a positive number is refused with a ValueError).
+
+    ``objective`` (xsearch.search.OBJECTIVES, default ``quality``; on resume the recorded one
+    unless given) says what the incumbent (``best_config.py``) is; every search reports the
+    quality-vs-cost fronts for trainable parameters, runtime and energy whatever it is. The space's
+    PEFT structures are checked against its models before any candidate runs.
     """
+    from .search import OBJECTIVES
+    if objective is not None and objective not in OBJECTIVES:
+        raise ValueError(f"objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
     import math
     import numbers
     for what, value, integral in (("budget_s", budget_s, False), ("energy_budget_kwh", energy_budget_kwh, False),
@@ -524,12 +542,18 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         skipped_before = Counter(man.get("skipped") or {})
         similar = man.get("similar_tasks") or []
         warm = bool(opts.get("warm", True))
+        objective = objective or opts.get("objective") or "quality"
     else:
         search_id = search_id or new_search_id()
         budget_s = float(budget_s) if budget_s is not None else 300.0
         space = space or SearchSpace.load(space_path)
         initial, used_before_s, used_before_kwh, skipped_before, similar = None, 0.0, 0.0, Counter(), []
         man = {}
+        objective = objective or "quality"
+    from .space import PROMPT_METHODS, STRUCTURE_DECISIONS
+    if set(space.names) & set(STRUCTURE_DECISIONS) or set(space.param("ft_method").values) & set(PROMPT_METHODS):
+        from .worker import check_space_structures  # imports torch: only for spaces that need it
+        check_space_structures(space)  # a structure a model cannot take: a clear error before any training
 
     task = load_task(data, text_column, label_column, seed=seed, max_train=max_train, max_eval=max_eval)
     work = Path(tempfile.mkdtemp(prefix=f"xsearch-{search_id}-"))
@@ -576,7 +600,8 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         if max_candidate_s is None:
             max_candidate_s = budget_s / 2  # no single candidate may eat the whole budget
         settings = SearchSettings(budget_s=budget_s, energy_budget_kwh=energy_budget_kwh, max_evals=max_evals,
-                                  population=population, seed=seed, max_candidate_s=max_candidate_s)
+                                  population=population, seed=seed, max_candidate_s=max_candidate_s,
+                                  objective=objective)
         manifest = {
             "search_id": search_id, "status": "running", "space": space.to_dict(),
             "options": {"data": str(Path(data).resolve()) if data else None, "text_column": text_column,
@@ -584,6 +609,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
                         "max_evals": max_evals, "seed": seed, "memory_limit_gb": memory_limit_gb,
                         "population": population, "max_train": max_train, "max_eval": max_eval, "energy": energy,
                         "max_candidate_s": max_candidate_s, "out_dir": str(Path(out_dir).resolve()), "warm": warm,
+                        "objective": objective,
                         "executor": {"name": executor, **exec_settings.to_dict()}},
             "task_name": task.name, "initial_distribution": _dist_to_json(initial), "similar_tasks": similar,
             "walls": dict(walls), "used_s": used_before_s, "used_kwh": used_before_kwh,

@@ -139,9 +139,15 @@ def record_structure(rec: Mapping[str, Any]) -> dict[str, Any]:
                 out["peft_module_kinds"] = canonical_kinds(sorted(kinds))
         if rec.get("peft_layers") is None and rec.get("peft_n_layers") is None:
             out["peft_layer_pattern"] = "all"
+    if method == "lora":
         for flag in ("peft_use_dora", "peft_use_rslora"):
             if out.get(flag) is None:
-                out[flag] = False
+                out[flag] = False  # what the worker builds (and LoRA was) without the decision
+    if out.get("peft_module_kinds") is not None:
+        try:
+            out["peft_module_kinds"] = canonical_kinds(out["peft_module_kinds"])
+        except SpaceError:
+            pass  # e.g. `prompt`: not a decision value, kept as logged
     return out
 
 
@@ -459,12 +465,16 @@ class SearchSpace:
         """
         cfg: Config = {}
         structure = record_structure(rec) if any(n in STRUCTURE_DECISIONS for n in self.names) else {}
+        if structure and structure.get("peft_module_kinds") is None and str(rec.get("ft_method")).lower() == "lora":
+            # A LoRA record without its modules: the space's LoRA of that model (lora_target_modules).
+            targets = self.model_spec(str(rec.get("model_name"))).get("lora_target_modules")
+            structure = record_structure(dict(rec, peft_target_modules=list(targets))) if targets else structure
         for p in self.parameters:
             if not p.active(cfg):
                 cfg[p.name] = None
                 continue
             if p.name == "peft_layer_pattern":
-                v = _snap_pattern(p.values, structure.get(p.name), rec)
+                v = snap_layer_pattern(p.values, structure.get(p.name), rec)
             else:
                 v = p.snap(structure[p.name] if p.name in structure else rec.get(p.name))
             if v is None:
@@ -510,7 +520,7 @@ def _draw(values: list[Any], probs: Mapping[Any, float] | None, rng: random.Rand
     return rng.choices(values, weights=weights, k=1)[0]
 
 
-def _snap_pattern(values: tuple[Any, ...], logged: Any, rec: Mapping[str, Any]) -> Any:
+def snap_layer_pattern(values: tuple[Any, ...], logged: Any, rec: Mapping[str, Any]) -> Any:
     """The ``peft_layer_pattern`` value of the space a run's adapted layers correspond to: the
     logged pattern itself, else a value that adapts the same layers of the run's model (``top_3``
     of a 6-layer model is its ``top_half``)."""

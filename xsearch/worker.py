@@ -437,12 +437,9 @@ def check_space_structures(space: SearchSpace) -> None:
             # Each structure value on its own (with the others at their defaults): a value no
             # combination can use is an error of the space, caught before any training.
             for p in structure:
-                if p.name == "ft_method":
-                    check_structure(model, dict(base, train_max_seq_length=max_seq), max_seq)
+                if p.name != "ft_method" and not p.active(base):
                     continue
-                if not p.active(base):
-                    continue
-                for v in p.values:
+                for v in (p.values if p.name != "ft_method" else (method,)):
                     if v is None or v is False:
                         continue
                     cfg = dict(base, **{p.name: v})
@@ -450,11 +447,12 @@ def check_space_structures(space: SearchSpace) -> None:
                         cfg["peft_module_kinds"] = next(k for k in dict(p.when).get("peft_module_kinds", ("ffn",)))
                     try:
                         check_structure(model, cfg, max_seq)
-                        if method in STRUCTURED_METHODS:
+                        if method in STRUCTURED_METHODS and p.name != "ft_method":
                             peft_config_for(model, dict(cfg, peft_lora_r=8), space.model_spec(str(name)), {})
                     except StructureError as exc:
-                        raise StructureError(f"space {space.name}: model {name} with ft_method {method}, "
-                                             f"{p.name}={v!r}: {exc}") from None
+                        what = "" if p.name == "ft_method" else f", {p.name}={v!r}"
+                        raise StructureError(f"space {space.name}: model {name} with ft_method {method}{what}: "
+                                             f"{exc}") from None
 
 
 # ---- resource limits and supervision ---------------------------------------------------------------
