@@ -235,6 +235,10 @@ def test_tiny_search_over_structures_writes_a_quality_vs_params_front(structure_
     assert board["trainable_params"].notna().sum() == len(done)
     summary = json.loads(paths["summary"].read_text())
     assert summary["objective"] == "quality-vs-params" and len(summary["fronts"]["params"]) == len(front)
+    from xsearch import db  # the same front from the shared records, with each point's structure
+    view = db.to_pandas("SELECT * FROM pareto_params ORDER BY ft_trainable_params", root / "home")
+    assert view["record_id"].tolist() == front["record_id"].tolist()
+    assert view["peft_layer_pattern"].notna().all() and view["peft_module_kinds"].notna().all()
     inc = result.incumbent
     assert inc is incumbent_of(result.outcomes, "quality-vs-params", 0.01)
     assert board.loc[board["incumbent"], "record_id"].tolist() == [inc.record_id]
@@ -336,3 +340,42 @@ def test_estimators_and_warm_start_use_structure_columns():
                                         train_weight_decay=0.0, train_lr_scheduler="linear", train_max_seq_length=64,
                                         peft_module_kinds="attn_q+attn_v"))
     assert cfg is not None and cfg["peft_layer_pattern"] == "top_half" and cfg["peft_module_kinds"] == "attn_q+attn_v"
+
+
+# ---- the multi-objective race: hypervolume of the (quality, trainable parameters) front --------------------
+def test_hypervolume_of_a_hand_made_front():
+    import sys
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from race.multiobjective import front_points, hypervolume
+    pts = [(0.9, 6.0), (0.8, 4.0), (0.7, 5.0), (0.5, 3.0)]  # (quality, log10 params); (0.7, 5) is dominated
+    assert front_points(pts) == [(0.5, 3.0), (0.8, 4.0), (0.9, 6.0)]
+    # reference (0.4, 7): 4 x 0.1 + 3 x 0.3 + 1 x 0.1
+    assert hypervolume(pts, 0.4, 7.0) == pytest.approx(0.4 + 0.9 + 0.1)
+    assert hypervolume([(0.3, 1.0), (0.9, 8.0)], 0.4, 7.0) == 0.0  # beyond the reference point: nothing
+
+
+def test_multiobjective_race_end_to_end(tmp_path):
+    import sys
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from test_search_race import SPACE, meta_records
+
+    from race.contestants import Evolutionary
+    from race.multiobjective import OptunaMultiObjective, format_mo_table, mo_contestants, run_mo_race
+    from race.plot import plot_hypervolume
+    assert [c.name for c in mo_contestants()] == ["random", "zero-shot", "optuna-motpe", "optuna-nsga2", "xsearch"]
+    # The full xsearch contestant fits estimators per held-out task (slow here); its warm-started
+    # search with the quality-vs-params objective and Optuna's MOTPE run through the same race.
+    contestants = [OptunaMultiObjective("tpe"),
+                   Evolutionary("xsearch", warm=True, estimators=False, settings={"objective": "quality-vs-params"})]
+    result = run_mo_race(meta_records(n_tasks=3), SPACE, seeds=2, budget_fraction=0.5, contestants=contestants)
+    names = ["optuna-motpe", "xsearch"]
+    assert result["meta"]["contestants"] == names
+    for task, t in result["per_task"].items():
+        assert t["pool_front_size"] >= 2
+        for n in names:
+            h25, h100 = t[n]["hv_at"]["0.25"], t[n]["hv_at"]["1.00"]
+            assert 0.0 <= h25 <= h100 <= 1.0 + 1e-9
+            assert t[n]["curve"][0] == 0.0 and t[n]["curve"][-1] == pytest.approx(h100)
+    assert "HV@25%" in format_mo_table(result)
+    png = plot_hypervolume(result, tmp_path / "hv.png", "synthetic")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,7 @@ TINY = Path(__file__).parent / "data" / "tiny_space.yaml"
 
 def test_default_space_is_finite_and_has_the_three_methods():
     s = default_space()
-    assert set(s.param("ft_method").values) == {"full", "lora", "partial", "ia3"}
+    assert set(s.param("ft_method").values) == {"full", "lora", "partial"}
     assert s.param("model_name").values == ("sentence-transformers/all-MiniLM-L6-v2",)
     assert all(len(p.values) >= 1 for p in s.parameters)
     # LoRA rank only with LoRA, layer count only with partial freezing.
@@ -22,9 +22,8 @@ def test_default_space_is_finite_and_has_the_three_methods():
     assert dict(s.param("ft_trainable_layers").when) == {"ft_method": ("partial",)}
     # r x alpha x dropout x layers x DoRA x (module kinds: 2 without feed-forward, 1 with it x 2 ffn ranks)
     n_lora = 3 * 3 * 2 * 3 * 2 * (2 + 1 * 2)
-    n_ia3 = 3 * 3  # layers x module kinds
     shared = 5 * 3 * 3 * 2 * 2 * 2 * 3
-    assert s.size() == shared * (n_lora + n_ia3 + 3 + 1)
+    assert s.size() == shared * (n_lora + 3 + 1)
 
 
 def test_sampling_respects_conditions_and_distribution():
