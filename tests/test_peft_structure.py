@@ -78,8 +78,8 @@ CASES = [
      dict(peft_type="LORA", peft_layers="2-3", peft_n_layers=2, peft_layers_fraction=0.5, peft_layer_pattern="top_half",
           peft_module_kinds="attn_q+attn_v", peft_n_adapted_modules=4, peft_rank_attn=4, peft_rank_ffn=None,
           peft_use_dora=False)),
-    ("tiny:bert-4x32", dict(ft_method="lora", peft_lora_r=4, peft_layer_pattern="every_other", peft_module_kinds="attn+ffn",
-                            peft_rank_ffn=2, peft_use_dora=True),
+    ("tiny:bert-4x32", dict(ft_method="lora", peft_lora_r=4, peft_layer_pattern="every_other",
+                            peft_module_kinds="attn+ffn", peft_rank_ffn=2, peft_use_dora=True),
      dict(peft_layers="1,3", peft_layer_pattern="every_other", peft_n_adapted_modules=12, peft_rank_attn=4,
           peft_rank_ffn=2, peft_use_dora=True, peft_module_kinds="attn_q+attn_k+attn_v+attn_o+ffn_in+ffn_out")),
     ("tiny:bert-4x32", dict(ft_method="lora", peft_lora_r=4, peft_layer_pattern="all", peft_module_kinds="ffn_out"),
@@ -101,7 +101,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("name, cfg, expected", CASES, ids=[f"{c[0][5:]}-{c[1]['ft_method']}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize("name, cfg, expected", CASES,
+                         ids=[f"{c[0][5:]}-{c[1]['ft_method']}-{i}" for i, c in enumerate(CASES)])
 def test_each_peft_kind_and_placement_is_captured(name, cfg, expected, store, tmp_path, data):
     rec = train(searched(name, **cfg), tmp_path, data, store)
     for k, v in expected.items():
@@ -169,7 +170,8 @@ parameters:
     ("  ft_method: {values: [prefix_tuning, lora]}", "tiny:llama-2x32", "prefix_tuning: llama sequence classification"),
     ("  ft_method: {values: [lora]}\n  peft_module_kinds: {values: [attn_q+attn_v], when: {ft_method: lora}}",
      "tiny:gpt2-2x32", "fuses attn_q+attn_k+attn_v"),
-    ("  ft_method: {values: [prompt_tuning]}\n  peft_num_virtual_tokens: {values: [600], when: {ft_method: prompt_tuning}}",
+    ("  ft_method: {values: [prompt_tuning]}\n"
+     "  peft_num_virtual_tokens: {values: [600], when: {ft_method: prompt_tuning}}",
      "tiny:bert-2x32", "exceed the 512 positions"),
 ])
 def test_unsupported_structures_fail_before_any_training(params, model, message, tmp_path, monkeypatch):
@@ -319,7 +321,8 @@ def test_estimators_and_warm_start_use_structure_columns():
         assert f in est.encoder.columns, f
     space = default_space()
     base = {"model_name": "sentence-transformers/all-MiniLM-L6-v2", "ft_method": "lora", "peft_lora_r": 8,
-            "peft_lora_alpha": 16, "peft_lora_dropout": 0.0, "peft_module_kinds": "attn_q+attn_v", "peft_use_dora": False,
+            "peft_lora_alpha": 16, "peft_lora_dropout": 0.0, "peft_module_kinds": "attn_q+attn_v",
+            "peft_use_dora": False,
             "train_learning_rate": 1e-4, "train_epochs": 1, "train_batch_size": 16}
     cands = [dict(base, peft_layer_pattern=p) for p in ("all", "top_half", "every_other")]
     pred = est.predict(candidate_rows(cands, {"task_type": "text-classification", "task_n_train": 700,

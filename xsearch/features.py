@@ -110,7 +110,8 @@ def _structure(row: Mapping[str, Any], n_layers: float, hidden: float, n_params:
     r = _float(row.get("peft_lora_r"))
     r_ffn = out.get("peft_rank_ffn", np.nan)
     if method in ("prompt_tuning", "p_tuning", "prefix_tuning"):
-        per_model = (out.get("peft_num_virtual_tokens") or 8.0) * hidden * (n_layers if method == "prefix_tuning" else 1)
+        tokens = out.get("peft_num_virtual_tokens") or 8.0
+        per_model = tokens * hidden * (n_layers if method == "prefix_tuning" else 1)
     elif kinds and n_adapted == n_adapted:
         attn = len(kinds & {"attn_q", "attn_k", "attn_v", "attn_o"})
         ffn = len(kinds & {"ffn_in", "ffn_out"})
@@ -122,7 +123,8 @@ def _structure(row: Mapping[str, Any], n_layers: float, hidden: float, n_params:
         per_model = per_layer * n_adapted
     else:
         per_model = np.nan
-    out["log_trainable_fraction_est"] = float(np.log(per_model / n_params)) if per_model > 0 and n_params > 0 else np.nan
+    ok = per_model > 0 and n_params > 0
+    out["log_trainable_fraction_est"] = float(np.log(per_model / n_params)) if ok else np.nan
     return out
 
 

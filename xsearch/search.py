@@ -204,7 +204,8 @@ def incumbent_of(outcomes: Iterable[Outcome], objective: str = "quality", tolera
     if not front:
         return best_of(outs)
     top = max(float(o.quality) for o in front)  # type: ignore[arg-type]
-    return min((o for o in front if float(o.quality) >= top - tolerance), key=lambda o: cost_of(o, cost))  # type: ignore[arg-type,return-value]
+    near = [o for o in front if float(o.quality) >= top - tolerance]  # type: ignore[arg-type]
+    return min(near, key=lambda o: cost_of(o, cost))  # type: ignore[arg-type,return-value]
 
 
 def nondominated_order(outcomes: list[Outcome], cost: str) -> list[Outcome]:

@@ -203,8 +203,8 @@ def tiny_config(name: str, vocab_size: int = 1000, n_labels: int = 2, pad_token_
     arch = name[len(TINY_PREFIX):].split("-", 1)[0]
     heads = max(1, hidden // 16)
     if arch == "llama":
-        return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                           num_key_value_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=512,
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                           num_attention_heads=heads, num_key_value_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=512,
                            num_labels=n_labels, pad_token_id=pad_token_id)
     if arch == "gpt2":
         return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=512,
@@ -312,6 +312,8 @@ def _targets(cfg: dict[str, Any], spec: dict[str, Any], rels: dict[str, tuple[st
     if given is None and spec.get("lora_target_modules"):
         given = "+".join(k for t in spec["lora_target_modules"] for k in module_kinds(str(t))) or None
     wanted = set(canonical_kinds(given or "attn_q+attn_v").split("+"))
+    if given is None:  # LoRA's usual default; a fused projection (GPT-2's c_attn) is taken whole
+        wanted |= {k for ks in rels.values() if set(ks) & wanted for k in ks}
     arch = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
     targets = [rel for rel, ks in rels.items() if set(ks) <= wanted]
     fused = sorted(rel for rel, ks in rels.items() if set(ks) & wanted and not set(ks) <= wanted)
@@ -355,7 +357,8 @@ def check_structure(model: Any, cfg: dict[str, Any], max_seq_length: int = 0) ->
         raise StructureError(f"{arch}: no list of transformer layers found to place adapters in")
     layer_indices(str(cfg.get("peft_layer_pattern") or "all"), len(layers))
     targets, wanted = _targets(cfg, {}, rels, model) if cfg.get("peft_module_kinds") else ([], set())
-    if method == "ia3" and (cfg.get("peft_rank_ffn") is not None or cfg.get("peft_use_dora") or cfg.get("peft_use_rslora")):
+    lora_only = cfg.get("peft_rank_ffn") is not None or cfg.get("peft_use_dora") or cfg.get("peft_use_rslora")
+    if method == "ia3" and lora_only:
         raise StructureError("ia3 has no rank, DoRA or rsLoRA: condition peft_rank_ffn, peft_use_dora and "
                              "peft_use_rslora on ft_method lora")
     if cfg.get("peft_rank_ffn") is not None and wanted and not wanted & {"ffn_in", "ffn_out"}:
