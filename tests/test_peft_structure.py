@@ -382,3 +382,81 @@ def test_multiobjective_race_end_to_end(tmp_path):
     assert "HV@25%" in format_mo_table(result)
     png = plot_hypervolume(result, tmp_path / "hv.png", "synthetic")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- generative kinds: the same structure decisions on causal LMs ----------------------------------------------
+def test_structures_on_causal_lms_run_through_the_worker_and_are_recorded(tmp_path, monkeypatch):
+    """A causal-LM candidate takes the structure decisions (peft task type CAUSAL_LM, chosen by the
+    kind) and records them like a classifier's; prefix tuning, refused for classifiers, runs here."""
+    from test_tasks import _run_worker, instruction_frame
+    instruction_frame(40).to_parquet(tmp_path / "inst.parquet")
+    base = dict(model_name="tiny:llama-4x32", train_learning_rate=3e-3, train_epochs=1, train_batch_size=16,
+                train_max_seq_length=32)
+    lora = _run_worker("causal-lm", tmp_path / "inst.parquet", {},
+                       dict(base, ft_method="lora", peft_lora_r=4, peft_layer_pattern="top_half",
+                            peft_module_kinds="attn_q+attn_v+ffn_out", peft_rank_ffn=2), tmp_path / "lora", monkeypatch)
+    assert lora["status"] == "completed" and lora["task_type"] == "causal-lm" and lora["peft_type"] == "LORA"
+    assert (lora["peft_layers"], lora["peft_layer_pattern"], lora["peft_module_kinds"]) == \
+        ("2-3", "top_half", "attn_q+attn_v+ffn_out")
+    assert lora["peft_rank_attn"] == 4 and lora["peft_rank_ffn"] == 2 and lora["peft_n_adapted_modules"] == 6
+    assert "head" not in lora["peft_params_by_kind"]  # a causal LM's head stays frozen
+    assert math.isclose(sum(lora["peft_params_by_kind"].values()), lora["ft_trainable_params"], rel_tol=1e-9)
+    assert lora["_result"]["quality"] == -lora["outcome_primary_value"]  # signed: minus the loss
+    prefix = _run_worker("causal-lm", tmp_path / "inst.parquet", {},
+                         dict(base, model_name="tiny:gpt2-2x32", ft_method="prefix_tuning", peft_num_virtual_tokens=4),
+                         tmp_path / "prefix", monkeypatch)
+    assert prefix["status"] == "completed" and prefix["peft_type"] == "PREFIX_TUNING"
+    assert prefix["peft_num_virtual_tokens"] == 4 and prefix["peft_module_kinds"] == "prefix"
+
+
+def test_space_structures_are_checked_with_the_kinds_head(tmp_path):
+    """check_space_structures builds the skeleton with the head of the space's kind: prefix tuning
+    passes for a causal-LM space and fails for a classification one; a fused module fails for both."""
+    from xsearch.space import SearchSpace, StructureError
+    from xsearch.tasks.methods import check_space_structures
+
+    def space(task_type: str, params: str, model: str) -> SearchSpace:
+        p = _space(tmp_path, params, model)
+        p.write_text(p.read_text().replace("name: structure-test", f"name: s\ntask_type: {task_type}"))
+        return SearchSpace.load(p)
+    prefix = "  ft_method: {values: [prefix_tuning, lora]}\n  peft_num_virtual_tokens: {values: [4], when: {ft_method: prefix_tuning}}"
+    check_space_structures(space("causal-lm", prefix, "tiny:llama-2x32"))
+    with pytest.raises(StructureError, match="prefix_tuning: llama sequence classification"):
+        check_space_structures(space("text-classification", prefix, "tiny:llama-2x32"))
+    fused = "  ft_method: {values: [lora]}\n  peft_module_kinds: {values: [attn_q+attn_v], when: {ft_method: lora}}"
+    for kind in ("causal-lm", "question-answering"):
+        with pytest.raises(StructureError, match=r"fuses attn_q\+attn_k\+attn_v"):
+            check_space_structures(space(kind, fused, "tiny:gpt2-2x32"))
+    with pytest.raises(StructureError, match="top_8: the model has only 2 layers"):
+        check_space_structures(space("causal-lm", "  ft_method: {values: [lora]}\n"
+                                     "  peft_layer_pattern: {values: [top_8], when: {ft_method: lora}}", "tiny:gpt2-2x32"))
+
+
+def test_quality_vs_params_front_and_knee_for_a_loss(tmp_path):
+    """Causal LM: the search's quality is minus the loss, so the front and the knee incumbent (the
+    cheapest run within 0.01 of the best) work on it; the reports show the loss as logged."""
+    from collections import Counter
+
+    from xsearch.evaluator import Outcome
+    from xsearch.report import write_reports
+    from xsearch.runner import Evaluation, SearchResult
+    from xsearch.space import SearchSpace
+    space = SearchSpace.load(None, "causal-lm")
+    cfg = {"model_name": "HuggingFaceTB/SmolLM2-135M-Instruct", "ft_method": "lora", "peft_lora_r": 8,
+           "train_learning_rate": 1e-4, "train_epochs": 1, "train_batch_size": 8}
+    evals = []
+    for i, (loss, params) in enumerate([(1.200, 1e6), (1.205, 1e4), (1.5, 1e3), (1.3, 1e5)]):
+        rec = {"status": "completed", "task_type": "causal-lm", "outcome_primary_metric": "eval_loss",
+               "outcome_primary_value": loss, "outcome_greater_is_better": False, "record_id": f"r{i}",
+               "outcome_metrics": {"eval_loss": loss}, "outcome_total_runtime_s": 10.0, "ft_trainable_params": params}
+        evals.append(Evaluation(Outcome.from_record(rec, dict(cfg, peft_lora_r=[4, 8, 16, 32][i])), 0))
+    result = SearchResult("xs-mo", evals, Counter(), 1, 40.0, 0.0, "max_evals", space.uniform(), space.uniform(),
+                          60.0, objective="quality-vs-params")
+    assert [o.record_id for o in result.front("params")] == ["r2", "r1", "r0"]  # r3 is dominated by r1
+    assert result.incumbent.record_id == "r1"  # loss 1.205 is within 0.01 of 1.200, at 1/100 of the parameters
+    paths = write_reports(result, space, tmp_path / "out", None, columns={})
+    front = pd.read_csv(paths["pareto_params_csv"])
+    assert front["record_id"].tolist() == ["r2", "r1", "r0"] and front["eval_loss"].tolist() == [1.5, 1.205, 1.2]
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["best_record_id"] == "r1" and summary["fronts"]["params"][1]["eval_loss"] == 1.205
+    assert paths["pareto_params_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,8 +1,9 @@
 """What a search leaves in its output folder: leaderboard.csv, pareto.csv, pareto.png (quality vs
 runtime and energy, front highlighted), the quality-vs-cost fronts per cost
 (``pareto_params.csv``/``.png`` for trainable parameters, ``pareto_runtime``, ``pareto_energy``),
-best_config.py (a ready-to-run training script of the incumbent, as ``--objective`` defines it)
-and summary.json."""
+best_config.py (a ready-to-run training script of the search's task kind for the incumbent, as
+``--objective`` defines it) and summary.json. Quality is shown as logged (F1, or a loss where lower
+is better); fronts and the incumbent use the signed quality, so they work for either direction."""
 from __future__ import annotations
 
 import json
@@ -30,92 +31,113 @@ STRUCTURE_COLUMNS = ("peft_layer_pattern", "peft_module_kinds", "peft_rank_ffn",
                      "peft_num_virtual_tokens")
 
 
-def leaderboard(result: "SearchResult") -> pd.DataFrame:
-    """One row per evaluation, best first (completed by F1, then the failures)."""
+def _kind(space_or_type: Any) -> Any:
+    from .tasks import get_task_kind
+    return get_task_kind(getattr(space_or_type, "task_type", space_or_type))
+
+
+def leaderboard(result: "SearchResult", task_type: str | None = None) -> pd.DataFrame:
+    """One row per evaluation, best first (completed ones by the task kind's primary metric in its
+    direction, then the failures). The primary metric's column is named as logged (``eval_f1``,
+    ``eval_loss``) and holds the logged value; the kind's other metrics follow."""
+    kind = _kind(task_type)
+    metric = kind.primary_metric
     front = {id(o) for o in result.pareto()}
     fronts = {cost: {id(o) for o in result.front(cost)} for cost in COST_VIEWS}
     inc = result.incumbent
     rows = []
     for ev in result.evaluations:
         o = ev.outcome
-        row: dict[str, Any] = {
-            "status": o.status, "eval_f1": o.quality, "eval_accuracy": o.metrics.get("eval_accuracy"),
+        row: dict[str, Any] = {"status": o.status, metric: kind.unsigned(o.quality)}
+        row.update({m: o.metrics.get(m) for m in kind.report_metrics})
+        row.update({
             "runtime_s": o.runtime_s, "wall_s": o.wall_s, "energy_kwh": o.energy_kwh,
             "trainable_params": getattr(o, "trainable_params", None), "pareto": id(o) in front,
             **{f"pareto_{cost}": id(o) in ids for cost, ids in fronts.items()}, "incumbent": o is inc,
             "generation": ev.generation, "from_journal": o.from_journal,
             "predicted_quality": ev.predicted.get("quality"), "predicted_wall_s": ev.predicted.get("wall_s"),
             "predicted_p_fail": ev.predicted.get("p_fail"), "record_id": o.record_id, "error": o.error,
-        }
+        })
         row.update(o.config)
         rows.append(row)
     df = pd.DataFrame(rows)
     if len(df) == 0:
         return df
-    df["_ok"] = df["status"].eq("completed") & df["eval_f1"].notna()
-    df = df.sort_values(["_ok", "eval_f1", "runtime_s"], ascending=[False, False, True]).drop(columns="_ok")
+    df["_ok"] = df["status"].eq("completed") & df[metric].notna()
+    df = df.sort_values(["_ok", metric, "runtime_s"], ascending=[False, not kind.greater_is_better, True])
+    df = df.drop(columns="_ok")
     df.insert(0, "rank", range(1, len(df) + 1))
     return df.reset_index(drop=True)
 
 
-def plot_pareto(board: pd.DataFrame, path: Path, title: str) -> Path:
+def plot_pareto(board: pd.DataFrame, path: Path, title: str, task_type: str | None = None) -> Path:
+    """Quality (the primary metric as logged) against runtime, the Pareto front as a step line;
+    failed candidates as red crosses at the worst end of the quality axis."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    kind = _kind(task_type)
+    metric = kind.primary_metric
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    ok = board[board["status"].eq("completed") & board["eval_f1"].notna()] if len(board) else board
+    ok = board[board["status"].eq("completed") & board[metric].notna()] if len(board) else board
     if len(ok):
         for method, g in ok.groupby(ok["ft_method"].astype(str)):
-            ax.scatter(g["runtime_s"], g["eval_f1"], alpha=0.6, label=f"{method}")
+            ax.scatter(g["runtime_s"], g[metric], alpha=0.6, label=f"{method}")
         front = ok[ok["pareto"]].sort_values("runtime_s")
-        ax.step(front["runtime_s"], front["eval_f1"], where="post", color="black", linewidth=1.2)
-        ax.scatter(front["runtime_s"], front["eval_f1"], s=90, facecolors="none", edgecolors="black",
+        ax.step(front["runtime_s"], front[metric], where="post", color="black", linewidth=1.2)
+        ax.scatter(front["runtime_s"], front[metric], s=90, facecolors="none", edgecolors="black",
                    linewidths=1.5, label="Pareto front")
     failed = board[~board.index.isin(ok.index)] if len(board) else board
     if len(failed):
-        ax.scatter(failed["wall_s"], [0.0] * len(failed), marker="x", color="red",
+        worst = 0.0 if kind.greater_is_better or not len(ok) else float(ok[metric].max()) * 1.05
+        ax.scatter(failed["wall_s"], [worst] * len(failed), marker="x", color="red",
                    label=f"failed / oom / timeout ({len(failed)})")
     ax.set_xlabel("cost: runtime (s)")
-    ax.set_ylabel("quality: macro F1 (validation)")
+    ax.set_ylabel(f"quality: {kind.metric_label} (validation"
+                  + (")" if kind.greater_is_better else ", lower is better)"))
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="lower right" if kind.greater_is_better else "upper right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
 
 
-def plot_front(board: pd.DataFrame, cost: str, path: Path, title: str) -> Path:
+def plot_front(board: pd.DataFrame, cost: str, path: Path, title: str, task_type: str | None = None) -> Path:
     """Quality against one cost (``params``, ``runtime``, ``energy``): every completed run by
-    method, the front as a step line, the incumbent starred."""
+    method, the front as a step line, the incumbent starred. Quality is the task kind's primary
+    metric as logged (a loss axis says lower is better)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     col, label, log_x = COST_VIEWS[cost]
+    kind = _kind(task_type)
+    metric = kind.primary_metric
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    ok = board[board["status"].eq("completed") & board["eval_f1"].notna() & board[col].notna()] if len(board) else board
+    ok = board[board["status"].eq("completed") & board[metric].notna() & board[col].notna()] if len(board) else board
     if len(ok):
         for method, g in ok.groupby(ok["ft_method"].astype(str)):
-            ax.scatter(g[col], g["eval_f1"], alpha=0.6, label=method)
+            ax.scatter(g[col], g[metric], alpha=0.6, label=method)
         front = ok[ok[f"pareto_{cost}"]].sort_values(col)
-        ax.step(front[col], front["eval_f1"], where="post", color="black", linewidth=1.2)
-        ax.scatter(front[col], front["eval_f1"], s=90, facecolors="none", edgecolors="black", linewidths=1.5,
+        ax.step(front[col], front[metric], where="post", color="black", linewidth=1.2)
+        ax.scatter(front[col], front[metric], s=90, facecolors="none", edgecolors="black", linewidths=1.5,
                    label=f"Pareto front ({len(front)})")
         inc = ok[ok["incumbent"]]
         if len(inc):
-            ax.scatter(inc[col], inc["eval_f1"], marker="*", s=220, color="gold", edgecolors="black", zorder=5,
+            ax.scatter(inc[col], inc[metric], marker="*", s=220, color="gold", edgecolors="black", zorder=5,
                        label="incumbent")
         if log_x and (ok[col] > 0).all():
             ax.set_xscale("log")
     else:
         ax.text(0.5, 0.5, f"no completed run with a known {cost}", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(label)
-    ax.set_ylabel("quality: macro F1 (validation)")
+    ax.set_ylabel(f"quality: {kind.metric_label} (validation"
+                  + (")" if kind.greater_is_better else ", lower is better)"))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="lower right" if kind.greater_is_better else "upper right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -209,11 +231,67 @@ def best_config_snippet(config: dict[str, Any], space: SearchSpace, data: str | 
     return "\n".join(lines)
 
 
+def generative_snippet(config: dict[str, Any], space: SearchSpace, data: str | None, columns: dict[str, str],
+                       value: float | None, search_id: str, seed: int = 0) -> str:
+    """A standalone training script for the best config of a question-answering or causal-LM
+    search: the task kind's data, model, method, examples and Trainer, plus XLogCallback."""
+    kind = _kind(space)
+    name = config["model_name"]
+    method = config["ft_method"]
+    head = (f'"""Best configuration of xsearch search {search_id} (validation {kind.metric_label} {value:.4f}).'
+            if value is not None else f'"""Best configuration of xsearch search {search_id}.')
+    lines = [
+        head,
+        "",
+        f"Run: python best_config.py  (it fine-tunes the {kind.name} model on the same data, evaluates it",
+        "as the search did, and records the run with xlog).",
+        '"""',
+        "from transformers import TrainingArguments, set_seed",
+        "",
+        "from xlog import XLogCallback",
+        "from xsearch.tasks import get_task_kind",
+        "",
+        f"SEED = {int(seed)}  # the search's: the same split, initialisation and data order",
+        "set_seed(SEED)",
+        "",
+        f"CONFIG = {pprint.pformat(config, sort_dicts=False, width=100)}",
+        f"MODEL_SPEC = {space.model_spec(name)!r}  # how {name} is loaded",
+        f"METHOD_SPEC = {space.methods.get(str(method), {})!r}",
+        f"TASK_OPTIONS = {dict(space.task_options)!r}",
+        "",
+        f"kind = get_task_kind({kind.name!r})  # {kind.primary_metric}, "
+        + ("higher is better" if kind.greater_is_better else "lower is better"),
+        f"task = kind.load({data!r}, {dict(columns)!r}, seed=SEED)",
+        "model, tok = kind.build_model(CONFIG, MODEL_SPEC, task)",
+        "model = kind.apply_method(model, CONFIG, MODEL_SPEC, METHOD_SPEC)",
+        "train, evaluation = kind.datasets(task, tok, CONFIG)",
+        "",
+        "args = TrainingArguments(",
+        "    output_dir='best-config-run', report_to=[], save_strategy='no', eval_strategy='epoch',",
+        "    learning_rate=CONFIG['train_learning_rate'], num_train_epochs=CONFIG['train_epochs'],",
+        "    per_device_train_batch_size=CONFIG['train_batch_size'],",
+        "    warmup_steps=CONFIG.get('train_warmup_ratio') or 0.0,  # a ratio when < 1",
+        "    weight_decay=CONFIG.get('train_weight_decay') or 0.0,",
+        "    lr_scheduler_type=CONFIG.get('train_lr_scheduler') or 'linear', seed=SEED,",
+        "    **kind.training_arguments(CONFIG))",
+        "callback = XLogCallback(task_name=task.name, model_name=CONFIG['model_name'],",
+        "                        max_seq_length=CONFIG['train_max_seq_length'], **kind.callback_kwargs(task))",
+        "trainer = kind.trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation, tokenizer=tok,",
+        "                       callbacks=[callback], task=task, cfg=CONFIG, options=TASK_OPTIONS)",
+        "trainer.train()",
+        "print(trainer.evaluate())",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def write_reports(result: "SearchResult", space: SearchSpace, out_dir: Path, data: str | None = None,
-                  text_column: str = "text", label_column: str = "label", extra: dict[str, Any] | None = None) -> dict[str, Path]:
+                  text_column: str = "text", label_column: str = "label", extra: dict[str, Any] | None = None,
+                  columns: dict[str, str] | None = None, seed: int = 0) -> dict[str, Path]:
     """Write every output file; returns their paths by name."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    board = leaderboard(result)
+    kind = _kind(space)
+    board = leaderboard(result, kind.name)
     paths: dict[str, Path] = {}
     paths["leaderboard"] = out_dir / LEADERBOARD
     board.to_csv(paths["leaderboard"], index=False)
@@ -221,32 +299,41 @@ def write_reports(result: "SearchResult", space: SearchSpace, out_dir: Path, dat
     paths["pareto_csv"] = out_dir / PARETO_CSV
     front.to_csv(paths["pareto_csv"], index=False)
     paths["pareto_png"] = plot_pareto(board, out_dir / PARETO_PNG,
-                                      f"search {result.search_id}: {len(board)} evaluations")
+                                      f"search {result.search_id}: {len(board)} evaluations", kind.name)
     for cost, (col, _, _) in COST_VIEWS.items():
         sub = board[board[f"pareto_{cost}"]].sort_values(col) if len(board) else board
         paths[f"pareto_{cost}_csv"] = out_dir / f"pareto_{cost}.csv"
         sub.to_csv(paths[f"pareto_{cost}_csv"], index=False)
         paths[f"pareto_{cost}_png"] = plot_front(board, cost, out_dir / f"pareto_{cost}.png",
-                                                 f"search {result.search_id}: quality vs {cost}")
+                                                 f"search {result.search_id}: quality vs {cost}", kind.name)
     best = result.incumbent
     if best is not None:
         paths["best_config"] = out_dir / BEST_CONFIG
-        paths["best_config"].write_text(best_config_snippet(best.config, space, data, text_column, label_column,
-                                                            best.quality, result.search_id), encoding="utf-8")
-    summary = summary_dict(result)
+        if kind.name == "text-classification":
+            text = best_config_snippet(best.config, space, data, text_column, label_column, best.quality,
+                                       result.search_id)
+        else:
+            text = generative_snippet(best.config, space, data, dict(columns or {}), kind.unsigned(best.quality),
+                                      result.search_id, seed)
+        paths["best_config"].write_text(text, encoding="utf-8")
+    summary = summary_dict(result, kind.name)
     summary.update(extra or {})
     paths["summary"] = out_dir / SUMMARY
     paths["summary"].write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     return paths
 
 
-def summary_dict(result: "SearchResult") -> dict[str, Any]:
+def summary_dict(result: "SearchResult", task_type: str | None = None) -> dict[str, Any]:
+    kind = _kind(task_type)
     best = result.incumbent
+    value = kind.unsigned(best.quality) if best else None
     statuses: dict[str, int] = {}
     for o in result.outcomes:
         statuses[o.status] = statuses.get(o.status, 0) + 1
     return {
-        "search_id": result.search_id, "best_f1": best.quality if best else None,
+        "search_id": result.search_id, "task_type": kind.name, "primary_metric": kind.primary_metric,
+        "greater_is_better": kind.greater_is_better, "best_value": value,
+        "best_f1": value if kind.primary_metric == "eval_f1" else None,
         "best_config": best.config if best else None, "best_record_id": best.record_id if best else None,
         "evaluations": len(result.evaluations), "statuses": statuses, "failures": result.n_failed,
         "skipped": dict(result.skipped), "skipped_total": int(sum(result.skipped.values())),
@@ -258,8 +345,9 @@ def summary_dict(result: "SearchResult") -> dict[str, Any]:
         "objective": getattr(result, "objective", "quality"),
         "knee_tolerance": getattr(result, "knee_tolerance", None),
         "best_trainable_params": getattr(best, "trainable_params", None) if best else None,
-        "fronts": {cost: [{"eval_f1": o.quality, COST_VIEWS[cost][0]: _cost_value(o, cost), "config": o.config,
-                           "record_id": o.record_id} for o in result.front(cost)] for cost in COST_VIEWS},
+        "fronts": {cost: [{kind.primary_metric: kind.unsigned(o.quality), COST_VIEWS[cost][0]: _cost_value(o, cost),
+                           "config": o.config, "record_id": o.record_id} for o in result.front(cost)]
+                   for cost in COST_VIEWS},
     }
 
 

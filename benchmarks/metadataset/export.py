@@ -60,7 +60,13 @@ def export(home: Path, out: Path, cache: Path = DEFAULT_CACHE) -> Path:
     write_parquet_atomic(table, path)
     manifest_path = Path(cache).expanduser() / "tasks" / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
-    (out / "DATASHEET.md").write_text(datasheet(recs, manifest), encoding="utf-8")
+    sheet = out / "DATASHEET.md"
+    text = datasheet(recs, manifest)
+    old = sheet.read_text(encoding="utf-8") if sheet.is_file() else ""
+    from export_generative import END, START
+    if START in old and END in old:  # the generative meta-dataset's section (export_generative.py) stays
+        text = text.rstrip("\n") + "\n\n" + START + old.split(START, 1)[1].split(END, 1)[0] + END + "\n"
+    sheet.write_text(text, encoding="utf-8")
     return path
 
 
