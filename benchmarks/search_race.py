@@ -15,6 +15,12 @@ data set given); it is fitted once per held-out task, not per seed. See docs/rac
     python benchmarks/search_race.py [--data FILE_OR_STORE [--space SPACE|auto]]... [--seeds 20]
 
 Prints the tables, writes benchmarks/results/search_race_<data set>.json and an anytime plot each.
+
+Multi-objective figure (``--mo-seeds``, 0 skips it): the hypervolume of the (quality, trainable
+parameters) front reached at 25% and 100% of the budget, xsearch (objective quality-vs-params)
+against random, zero-shot and Optuna's multi-objective samplers (MOTPE, NSGA-II), on every data set
+whose records log trainable parameters (race/multiobjective.py); writes
+search_race_<data set>_hypervolume.json and .png.
 """
 from __future__ import annotations
 
@@ -244,6 +250,33 @@ def tasks_by_kind(records: list[Mapping[str, Any]]) -> dict[str, list[str]]:
     return out
 
 
+def run_mo(label: str, d: Any, recs: list[dict[str, Any]], space: Any, extra: list[dict[str, Any]],
+           tasks: list[str] | None, args: Any, out_dir: Path, results: dict[str, Any]) -> None:
+    """The multi-objective race of one data set (skipped, with the reason, when no task's records
+    log trainable parameters)."""
+    from race.multiobjective import format_mo_table, run_mo_race
+    from race.plot import plot_hypervolume
+    print(f"\n== {label}: multi-objective race (quality vs trainable parameters), {args.mo_seeds} seeds", flush=True)
+    t1 = time.perf_counter()
+    try:
+        from race.multiobjective import mo_contestants
+        result = run_mo_race(recs, space, seeds=args.mo_seeds, budget_fraction=args.budget_fraction, tasks=tasks,
+                             min_pool=args.min_pool, progress=True, extra_experience=extra,
+                             contestants=mo_contestants(args.ablations))
+    except ValueError as exc:
+        print(f"  skipped: {exc}")
+        return
+    import os
+    result["meta"].update(data=label, elapsed_s=round(time.perf_counter() - t1, 1), cpu_cores=os.cpu_count())
+    print()
+    print(format_mo_table(result))
+    out = out_dir / f"search_race_{label}_hypervolume.json"
+    out.write_text(json.dumps(_jsonable(result), indent=1) + "\n", encoding="utf-8")
+    png = plot_hypervolume(result, out_dir / f"search_race_{label}_hypervolume.png", label)
+    print(f"\nwrote {out} and {png}")
+    results[f"{label}:hypervolume"] = result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", action="append", default=None,
@@ -263,6 +296,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="learn only from the held-out task's own data set (default: from every data set given)")
     ap.add_argument("--ablations", action="store_true",
                     help="also run xsearch with only its warm start and with only its estimators")
+    ap.add_argument("--mo-seeds", type=int, default=10,
+                    help="seeds of the multi-objective (hypervolume) race per task; 0 skips it")
+    ap.add_argument("--mo-only", action="store_true", help="run only the multi-objective race")
     ap.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = ap.parse_args(argv)
 
@@ -295,6 +331,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         extra = [] if args.no_cross_experience else [r for _, d2, rs, _, _ in loaded if d2 != d for r in rs]
         mine = kind_tasks if tasks is None else [t for t in tasks if t in kind_tasks]
         if mine == []:
+            continue
+        if args.mo_seeds > 0:
+            run_mo(label, d, recs, space, extra, mine, args, out_dir, results)
+        if args.mo_only:
             continue
         print(f"\n== {label}: {len(recs)} records from {d} ({len(mine)} tasks held out in turn; +{len(extra)} "
               f"records of other data sets as experience); {args.seeds} seeds; budget = {args.budget_fraction:g} "

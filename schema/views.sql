@@ -81,6 +81,20 @@ FROM (
     FROM completed_runs WHERE energy_kwh IS NOT NULL
 ) WHERE best_before IS NULL OR quality > best_before;
 
+-- Pareto front of quality vs trainable parameters, per task, with the PEFT structure of each
+-- point (where the adapters went, on which kinds of module, how large): the cheapest structures
+-- that hold their quality. Same scan as pareto_time.
+CREATE OR REPLACE VIEW pareto_params AS
+SELECT task_name, outcome_primary_metric, model_name, ft_method, outcome_primary_value, ft_trainable_params,
+       ft_trainable_fraction, peft_layer_pattern, peft_module_kinds, peft_lora_r, peft_rank_ffn, peft_use_dora,
+       outcome_total_runtime_s, record_id
+FROM (
+    SELECT *, max(quality) OVER (PARTITION BY task_name, outcome_primary_metric
+                                 ORDER BY ft_trainable_params, quality DESC, record_id
+                                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS best_before
+    FROM completed_runs WHERE ft_trainable_params IS NOT NULL
+) WHERE best_before IS NULL OR quality > best_before;
+
 -- Where each record came from: the local store (source_remote = 'local') or a pulled remote, the
 -- file (its path on the remote), and the commit and pull request that added it, where known.
 -- A maintainer drops one contributor's files with `xsearch sql --exclude-source PATTERN`.

@@ -236,7 +236,8 @@ def test_minilm_candidate_records_the_mean_pooling_model(minilm, tmp_path):
     try:
         c = space.sample(space.uniform(), random.Random(0))
         c.update(model_name=MINILM, ft_method="lora", peft_lora_r=4, peft_lora_alpha=8, peft_lora_dropout=0.0,
-                 ft_trainable_layers=None, train_epochs=1, train_batch_size=16, train_max_seq_length=32)
+                 ft_trainable_layers=None, train_epochs=1, train_batch_size=16, train_max_seq_length=32,
+                 peft_layer_pattern="all", peft_module_kinds="attn_q+attn_v", peft_rank_ffn=None, peft_use_dora=False)
         out = e.evaluate(c, timeout_s=300)
     finally:
         e.close()

@@ -320,8 +320,11 @@ def test_generative_tasks_race_within_their_kind(tmp_path):
     pq.write_table(S.records_to_table(recs), path)
     space.write_text(yaml.safe_dump(SPACE.to_dict()), encoding="utf-8")
     results = search_race.main(["--data", str(path), "--space", str(space), "--seeds", "1", "--tasks", "lm_1,qa_4",
-                                "--out-dir", str(tmp_path / "out")])
-    assert set(results) == {"gen_causal-lm", "gen_question-answering"}
+                                "--mo-seeds", "1", "--out-dir", str(tmp_path / "out")])
+    # The multi-objective race (issue 17) runs per kind too, on the signed quality (minus the loss).
+    assert set(results) == {"gen_causal-lm", "gen_question-answering", "gen_causal-lm:hypervolume",
+                            "gen_question-answering:hypervolume"}
+    assert 0.0 <= results["gen_causal-lm:hypervolume"]["per_task"]["lm_1"]["xsearch"]["hv_at"]["1.00"] <= 1.0 + 1e-9
     assert results["gen_causal-lm"]["meta"]["tasks"] == ["lm_1"]
     assert results["gen_question-answering"]["meta"]["tasks"] == ["qa_4"]
     assert (tmp_path / "out" / "search_race_gen_causal-lm.json").is_file()

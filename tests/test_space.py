@@ -20,7 +20,8 @@ def test_default_space_is_finite_and_has_the_three_methods():
     # LoRA rank only with LoRA, layer count only with partial freezing.
     assert dict(s.param("peft_lora_r").when) == {"ft_method": ("lora",)}
     assert dict(s.param("ft_trainable_layers").when) == {"ft_method": ("partial",)}
-    n_lora = 3 * 3 * 2  # r x alpha x dropout
+    # r x alpha x dropout x layers x DoRA x (module kinds: 2 without feed-forward, 1 with it x 2 ffn ranks)
+    n_lora = 3 * 3 * 2 * 3 * 2 * (2 + 1 * 2)
     shared = 5 * 3 * 3 * 2 * 2 * 2 * 3
     assert s.size() == shared * (n_lora + 3 + 1)
 

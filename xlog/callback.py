@@ -24,6 +24,7 @@ from .energy import EnergyMeter
 from .failure import DIVERGED, classify_exception, error_fields, loss_divergence, nonfinite_parameter
 from .hardware import probe_hardware
 from .modelfeatures import compute_model_features
+from .peftfeatures import peft_structure_features
 from .privacy import scrub_text, scrub_user_value
 from .store import LocalStore
 from .taskfeatures import DEFAULT_MAX_SAMPLE, data_kind, task_features_job
@@ -316,7 +317,7 @@ class XLogCallback(TrainerCallback):
         # Each probe is isolated: a feature that cannot be computed stays null, training goes on.
         # Model and hyperparameters (milliseconds) now; task meta-features and hardware later, in a
         # background thread (see _start_background), after what must be read on this thread is read.
-        for fn in (lambda: compute_model_features(model, self.model_name),
+        for fn in (lambda: compute_model_features(model, self.model_name), lambda: peft_structure_features(model),
                    lambda: compute_train_features(args, state, rec.get("model_dtype"))):
             try:
                 rec.update({k: v for k, v in fn().items() if k in rec})

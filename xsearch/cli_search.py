@@ -41,6 +41,11 @@ def _fmt_cfg(cfg: dict[str, Any]) -> str:
     parts = [str(method)]
     if method == "lora":
         parts.append(f"r={cfg.get('peft_lora_r')}")
+    for key, short in (("peft_layer_pattern", ""), ("peft_module_kinds", ""), ("peft_rank_ffn", "r_ffn="),
+                       ("peft_num_virtual_tokens", "tokens=")):
+        if cfg.get(key) is not None:
+            parts.append(f"{short}{cfg[key]}")
+    parts += [flag for flag, key in (("dora", "peft_use_dora"), ("rslora", "peft_use_rslora")) if cfg.get(key)]
     if method == "partial":
         parts.append(f"top{cfg.get('ft_trainable_layers')}")
     parts += [f"lr={cfg.get('train_learning_rate'):g}", f"ep={cfg.get('train_epochs')}",
@@ -84,7 +89,7 @@ class ProgressView:
         if s is not None:
             used = s.used_s
             left = max(self.budget_s - used, 0.0)
-            inc = max((o for o in s.results.values() if o.ok), key=lambda o: o.quality, default=None)
+            inc = s.search.incumbent if hasattr(s, "search") else None
             t.add_row("generation", str(s.generation))
             t.add_row("evaluations", f"{len(s.evaluations)}  (failed {sum(1 for e in s.evaluations if e.outcome.status in ('failed', 'oom', 'timeout'))})")
             t.add_row("skipped", ", ".join(f"{k}={v}" for k, v in s.skipped.items()) or "0")
@@ -176,6 +181,11 @@ def register(main: click.Group) -> None:
     @click.option("--ray-address", default=None, metavar="ADDRESS",
                   help="Ray cluster: auto or ray://host:port (default: start a local cluster for the run).")
     @click.option("--slurm-partition", default=None, help="SLURM partition of the candidates' jobs.")
+    @click.option("--objective", type=click.Choice(["quality", "quality-vs-params", "quality-vs-runtime",
+                                                    "quality-vs-energy"]), default=None,
+                  help="What the incumbent (best_config.py) is: the best quality (default), or on the quality-vs-"
+                       "cost front the cheapest run within 0.01 of the best quality; fronts for all three costs "
+                       "are written either way (pareto_params/runtime/energy.csv and .png).")
     def run_cmd(data: str | None, task: str | None, text_column: str, label_column: str, columns: dict[str, str],
                 budget: float, energy_budget: float | None,
                 max_evals: int | None, space_path: str | None, out_dir: str, resume: str | None, seed: int,
@@ -183,7 +193,7 @@ def register(main: click.Group) -> None:
                 max_eval: int | None,
                 max_candidate_time: float | None, zero_shot: bool, no_energy: bool, plain: bool, executor: str,
                 workers: int, gpus_per_candidate: float | None, cpus_per_candidate: float,
-                ray_address: str | None, slurm_partition: str | None) -> None:
+                ray_address: str | None, slurm_partition: str | None, objective: str | None) -> None:
         """Search model x fine-tuning method x hyperparameters for a text-classification,
         question-answering or causal-LM task within a budget; every candidate is a real
         fine-tuning recorded in the store."""
@@ -221,7 +231,7 @@ def register(main: click.Group) -> None:
                 max_train=max_train, max_eval=max_eval, warm=not zero_shot, use_estimators=not zero_shot, energy=not no_energy,
                 max_candidate_s=cand_s, on_event=on_event, executor=executor, workers=workers,
                 gpus_per_candidate=gpus_per_candidate, cpus_per_candidate=cpus_per_candidate,
-                ray_address=ray_address, slurm_partition=slurm_partition)
+                ray_address=ray_address, slurm_partition=slurm_partition, objective=objective)
         except (DataError, SpaceError, EvaluatorError, FileNotFoundError, XSearchError) as exc:
             raise click.ClickException(str(exc)) from None
         finally:
@@ -233,7 +243,11 @@ def register(main: click.Group) -> None:
                       f"{sum(result.skipped.values())} skipped, {result.used_s:.0f} s of {result.budget_s:.0f} s used"
                       + (f" ({result.compute_s:.0f} s of compute on {result.workers} workers)" if result.workers > 1 else ""))
         if best is not None:
-            console.print(f"best: {view.kind.format_metric(best.quality)}  {_fmt_cfg(best.config)}  (record {best.record_id})")
+            params = getattr(best, "trainable_params", None)
+            console.print(f"best: {view.kind.format_metric(best.quality)}"
+                          + (f" (objective {result.objective})" if result.objective != "quality" else "")
+                          + (f", {params:,.0f} trainable parameters" if params is not None else "")
+                          + f"  {_fmt_cfg(best.config)}  (record {best.record_id})")
         else:
             console.print("no candidate completed")
         for name, p in paths.items():

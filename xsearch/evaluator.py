@@ -63,6 +63,7 @@ class Outcome:
     record_id: str | None = None
     error: str | None = None
     from_journal: bool = False
+    trainable_params: float | None = None  # ft_trainable_params of the record (the params cost of a front)
 
     @property
     def key(self) -> str:
@@ -104,7 +105,8 @@ class Outcome:
         return cls(dict(config), str(rec.get("status")), q, {k: float(v) for k, v in metrics.items() if v is not None},
                    float(runtime) if runtime is not None else None, float(wall_s),
                    float(rec["energy_kwh"]) if rec.get("energy_kwh") is not None else None,
-                   rec.get("record_id"), rec.get("error_message"))
+                   rec.get("record_id"), rec.get("error_message"),
+                   trainable_params=float(rec["ft_trainable_params"]) if rec.get("ft_trainable_params") is not None else None)
 
 
 class Evaluator(Protocol):

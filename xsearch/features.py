@@ -39,13 +39,25 @@ HW_CATEGORICAL = ["hw_accelerator", "hw_gpu_name"]
 DERIVED_NUMERIC = ["log_lr", "log_n_params", "log_n_train", "ft_layers_frac", "log_work", "log_act_memory",
                    "act_memory_per_gb", "seq_over_tokens", "log_mem_need_gb", "mem_need_per_gb", "seq_over_positions"]
 
-NUMERIC_FEATURES = TASK_NUMERIC + MODEL_NUMERIC + CONFIG_NUMERIC + HW_NUMERIC + DERIVED_NUMERIC
-CATEGORICAL_FEATURES = TASK_CATEGORICAL + MODEL_CATEGORICAL + CONFIG_CATEGORICAL + HW_CATEGORICAL
+# PEFT structure (where adapters go, on which kinds of module, how large): the decisions of the
+# space plus what they imply for the model at hand, computed the same way for past records and for
+# candidates (a candidate has no captured peft_n_layers yet, only its pattern and the model's depth).
+STRUCTURE_INPUT = ["peft_layer_pattern", "peft_module_kinds", "peft_rank_ffn", "peft_use_dora", "peft_use_rslora",
+                   "peft_num_virtual_tokens", "peft_layers", "peft_n_layers", "peft_layers_fraction",
+                   "peft_target_modules"]
+KIND_FEATURES = ["kind_attn_q", "kind_attn_k", "kind_attn_v", "kind_attn_o", "kind_ffn_in", "kind_ffn_out"]
+STRUCTURE_NUMERIC = ["peft_n_layers", "peft_layers_fraction", "peft_rank_ffn", "peft_use_dora", "peft_use_rslora",
+                     "peft_num_virtual_tokens", "n_module_kinds", "log_trainable_fraction_est", *KIND_FEATURES]
+STRUCTURE_CATEGORICAL = ["peft_layer_pattern"]
+
+NUMERIC_FEATURES = TASK_NUMERIC + MODEL_NUMERIC + CONFIG_NUMERIC + HW_NUMERIC + DERIVED_NUMERIC + STRUCTURE_NUMERIC
+CATEGORICAL_FEATURES = TASK_CATEGORICAL + MODEL_CATEGORICAL + CONFIG_CATEGORICAL + HW_CATEGORICAL \
+    + STRUCTURE_CATEGORICAL
 FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
 
 #: Record columns that make up the raw input of a row (everything the derived features need).
 INPUT_COLUMNS = TASK_NUMERIC + TASK_CATEGORICAL + MODEL_NUMERIC + MODEL_CATEGORICAL + CONFIG_NUMERIC \
-    + CONFIG_CATEGORICAL + HW_NUMERIC + HW_CATEGORICAL
+    + CONFIG_CATEGORICAL + HW_NUMERIC + HW_CATEGORICAL + STRUCTURE_INPUT
 
 #: model_* columns that describe a model independently of the run (looked up by model_name).
 MODEL_META_COLUMNS = MODEL_NUMERIC + ["model_type", "model_kind"]
@@ -62,6 +74,70 @@ def _num(s: pd.Series) -> pd.Series:
 def _log(s: pd.Series) -> pd.Series:
     s = _num(s)
     return np.log(s.where(s > 0))
+
+
+def _structure(row: Mapping[str, Any], n_layers: float, hidden: float, n_params: float) -> dict[str, float]:
+    """Structure features of one row: adapted layers (count, fraction), module kinds one-hot, and
+    an estimate of the trainable fraction from the structure alone (so that records and candidates
+    get the same number: a record's captured fraction is an outcome of its structure)."""
+    from xlog.peftfeatures import ADAPTER_KINDS
+
+    from .space import StructureError, layer_indices, record_structure
+    method = str(row.get("ft_method") or "").lower()
+    out: dict[str, float] = {}
+    if method in ("", "none", "full", "partial", "frozen"):
+        return out
+    st = record_structure(row)
+    kinds_text = st.get("peft_module_kinds")
+    pattern = st.get("peft_layer_pattern")
+    n_adapted = _float(row.get("peft_n_layers"))
+    frac = _float(row.get("peft_layers_fraction"))
+    if pattern is not None and pattern != "custom" and n_layers > 0:
+        try:
+            n_adapted = float(len(layer_indices(str(pattern), int(n_layers))))
+            frac = n_adapted / n_layers
+        except (StructureError, ValueError):
+            pass
+    out["peft_n_layers"], out["peft_layers_fraction"] = n_adapted, frac
+    kinds = set(str(kinds_text).split("+")) if isinstance(kinds_text, str) else set()
+    if kinds:
+        for k in ADAPTER_KINDS:
+            out[f"kind_{k}"] = float(k in kinds)
+        out["n_module_kinds"] = float(len(kinds & set(ADAPTER_KINDS)))
+    for k in ("peft_rank_ffn", "peft_num_virtual_tokens"):
+        out[k] = _float(st.get(k))
+    for k in ("peft_use_dora", "peft_use_rslora"):
+        v = st.get(k)
+        out[k] = float(bool(v)) if v is not None else np.nan
+    # Trainable parameters per adapted layer: LoRA r x (fan-in + fan-out) per module (feed-forward
+    # modules taken as hidden x 4 hidden), IA3 one vector per module, prompts n_virtual x hidden.
+    r = _float(row.get("peft_lora_r"))
+    r_ffn = out.get("peft_rank_ffn", np.nan)
+    if method in ("prompt_tuning", "p_tuning", "prefix_tuning"):
+        tokens = out.get("peft_num_virtual_tokens") or 8.0
+        per_model = tokens * hidden * (n_layers if method == "prefix_tuning" else 1)
+    elif kinds and n_adapted == n_adapted:
+        attn = len(kinds & {"attn_q", "attn_k", "attn_v", "attn_o"})
+        ffn = len(kinds & {"ffn_in", "ffn_out"})
+        if method == "lora":
+            rf = r_ffn if r_ffn == r_ffn else r
+            per_layer = attn * r * 2 * hidden + ffn * rf * 5 * hidden
+        else:
+            per_layer = attn * hidden + ffn * 4 * hidden
+        per_model = per_layer * n_adapted
+    else:
+        per_model = np.nan
+    ok = per_model > 0 and n_params > 0
+    out["log_trainable_fraction_est"] = float(np.log(per_model / n_params)) if ok else np.nan
+    return out
+
+
+def _float(v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return np.nan
+    return f
 
 
 def feature_matrix(rows: pd.DataFrame) -> pd.DataFrame:
@@ -123,6 +199,12 @@ def feature_matrix(rows: pd.DataFrame) -> pd.DataFrame:
     df["mem_need_per_gb"] = _log(need_gb / mem)
     # A sequence longer than the model's position table fails (or is silently truncated).
     df["seq_over_positions"] = df["train_max_seq_length"] / df["model_max_positions"]
+    structure = [_structure(row, n, h, p) for row, n, h, p in zip(
+        rows.reindex(columns=list(dict.fromkeys(INPUT_COLUMNS))).assign(ft_method=method).to_dict("records"),
+        df["model_n_layers"].fillna(-1.0), df["model_hidden_size"].fillna(np.nan), df["model_n_params"].fillna(np.nan))]
+    sf = pd.DataFrame(structure, index=df.index).reindex(columns=STRUCTURE_NUMERIC).astype(float)
+    for c in STRUCTURE_NUMERIC:
+        df[c] = sf[c]
     return df[FEATURES]
 
 

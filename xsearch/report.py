@@ -1,6 +1,9 @@
 """What a search leaves in its output folder: leaderboard.csv, pareto.csv, pareto.png (quality vs
-cost, front highlighted), best_config.py (a ready-to-run training script of the search's task
-kind) and summary.json. Quality is shown as logged (F1, or a loss where lower is better)."""
+runtime and energy, front highlighted), the quality-vs-cost fronts per cost
+(``pareto_params.csv``/``.png`` for trainable parameters, ``pareto_runtime``, ``pareto_energy``),
+best_config.py (a ready-to-run training script of the search's task kind for the incumbent, as
+``--objective`` defines it) and summary.json. Quality is shown as logged (F1, or a loss where lower
+is better); fronts and the incumbent use the signed quality, so they work for either direction."""
 from __future__ import annotations
 
 import json
@@ -20,6 +23,12 @@ PARETO_CSV = "pareto.csv"
 PARETO_PNG = "pareto.png"
 BEST_CONFIG = "best_config.py"
 SUMMARY = "summary.json"
+#: Per cost of a two-objective front: leaderboard column, axis label, log-scale axis.
+COST_VIEWS = {"params": ("trainable_params", "cost: trainable parameters", True),
+              "runtime": ("runtime_s", "cost: runtime (s)", False),
+              "energy": ("energy_kwh", "cost: energy (kWh)", False)}
+STRUCTURE_COLUMNS = ("peft_layer_pattern", "peft_module_kinds", "peft_rank_ffn", "peft_use_dora", "peft_use_rslora",
+                     "peft_num_virtual_tokens")
 
 
 def _kind(space_or_type: Any) -> Any:
@@ -34,6 +43,8 @@ def leaderboard(result: "SearchResult", task_type: str | None = None) -> pd.Data
     kind = _kind(task_type)
     metric = kind.primary_metric
     front = {id(o) for o in result.pareto()}
+    fronts = {cost: {id(o) for o in result.front(cost)} for cost in COST_VIEWS}
+    inc = result.incumbent
     rows = []
     for ev in result.evaluations:
         o = ev.outcome
@@ -41,7 +52,9 @@ def leaderboard(result: "SearchResult", task_type: str | None = None) -> pd.Data
         row.update({m: o.metrics.get(m) for m in kind.report_metrics})
         row.update({
             "runtime_s": o.runtime_s, "wall_s": o.wall_s, "energy_kwh": o.energy_kwh,
-            "pareto": id(o) in front, "generation": ev.generation, "from_journal": o.from_journal,
+            "trainable_params": getattr(o, "trainable_params", None), "pareto": id(o) in front,
+            **{f"pareto_{cost}": id(o) in ids for cost, ids in fronts.items()}, "incumbent": o is inc,
+            "generation": ev.generation, "from_journal": o.from_journal,
             "predicted_quality": ev.predicted.get("quality"), "predicted_wall_s": ev.predicted.get("wall_s"),
             "predicted_p_fail": ev.predicted.get("p_fail"), "record_id": o.record_id, "error": o.error,
         })
@@ -85,6 +98,46 @@ def plot_pareto(board: pd.DataFrame, path: Path, title: str, task_type: str | No
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right" if kind.greater_is_better else "upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_front(board: pd.DataFrame, cost: str, path: Path, title: str, task_type: str | None = None) -> Path:
+    """Quality against one cost (``params``, ``runtime``, ``energy``): every completed run by
+    method, the front as a step line, the incumbent starred. Quality is the task kind's primary
+    metric as logged (a loss axis says lower is better)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    col, label, log_x = COST_VIEWS[cost]
+    kind = _kind(task_type)
+    metric = kind.primary_metric
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ok = board[board["status"].eq("completed") & board[metric].notna() & board[col].notna()] if len(board) else board
+    if len(ok):
+        for method, g in ok.groupby(ok["ft_method"].astype(str)):
+            ax.scatter(g[col], g[metric], alpha=0.6, label=method)
+        front = ok[ok[f"pareto_{cost}"]].sort_values(col)
+        ax.step(front[col], front[metric], where="post", color="black", linewidth=1.2)
+        ax.scatter(front[col], front[metric], s=90, facecolors="none", edgecolors="black", linewidths=1.5,
+                   label=f"Pareto front ({len(front)})")
+        inc = ok[ok["incumbent"]]
+        if len(inc):
+            ax.scatter(inc[col], inc[metric], marker="*", s=220, color="gold", edgecolors="black", zorder=5,
+                       label="incumbent")
+        if log_x and (ok[col] > 0).all():
+            ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, f"no completed run with a known {cost}", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel(label)
+    ax.set_ylabel(f"quality: {kind.metric_label} (validation"
+                  + (")" if kind.greater_is_better else ", lower is better)"))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right" if kind.greater_is_better else "upper right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -136,7 +189,7 @@ def best_config_snippet(config: dict[str, Any], space: SearchSpace, data: str | 
                       f"pooling={pooling!r})"]
         else:
             lines += ["model = AutoModelForSequenceClassification.from_pretrained(MODEL, num_labels=len(task.labels))"]
-    if method == "lora":
+    if method == "lora" and not any(config.get(k) is not None for k in STRUCTURE_COLUMNS):
         targets = spec.get("lora_target_modules")
         lines += ["from peft import LoraConfig, TaskType, get_peft_model",
                   f"model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r={config['peft_lora_r']}, "
@@ -145,7 +198,7 @@ def best_config_snippet(config: dict[str, Any], space: SearchSpace, data: str | 
     elif method == "partial":
         lines += ["from xsearch.worker import apply_method  # freeze all but the top layers + classifier",
                   "model = apply_method(model, CONFIG, {}, {})"]
-    elif method != "full":
+    elif method != "full":  # other PEFT types and searched structures (layers, module kinds, ranks)
         lines += ["from xsearch.worker import apply_method",
                   f"model = apply_method(model, CONFIG, {spec!r}, {space.methods.get(method, {})!r})"]
     lines += [
@@ -247,6 +300,12 @@ def write_reports(result: "SearchResult", space: SearchSpace, out_dir: Path, dat
     front.to_csv(paths["pareto_csv"], index=False)
     paths["pareto_png"] = plot_pareto(board, out_dir / PARETO_PNG,
                                       f"search {result.search_id}: {len(board)} evaluations", kind.name)
+    for cost, (col, _, _) in COST_VIEWS.items():
+        sub = board[board[f"pareto_{cost}"]].sort_values(col) if len(board) else board
+        paths[f"pareto_{cost}_csv"] = out_dir / f"pareto_{cost}.csv"
+        sub.to_csv(paths[f"pareto_{cost}_csv"], index=False)
+        paths[f"pareto_{cost}_png"] = plot_front(board, cost, out_dir / f"pareto_{cost}.png",
+                                                 f"search {result.search_id}: quality vs {cost}", kind.name)
     best = result.incumbent
     if best is not None:
         paths["best_config"] = out_dir / BEST_CONFIG
@@ -283,4 +342,15 @@ def summary_dict(result: "SearchResult", task_type: str | None = None) -> dict[s
         "workers": getattr(result, "workers", 1), "compute_s": round(getattr(result, "compute_s", 0.0), 1),
         "gpu_s": round(getattr(result, "gpu_s", 0.0), 1),
         "pareto_size": len(result.pareto()),
+        "objective": getattr(result, "objective", "quality"),
+        "knee_tolerance": getattr(result, "knee_tolerance", None),
+        "best_trainable_params": getattr(best, "trainable_params", None) if best else None,
+        "fronts": {cost: [{kind.primary_metric: kind.unsigned(o.quality), COST_VIEWS[cost][0]: _cost_value(o, cost),
+                           "config": o.config, "record_id": o.record_id} for o in result.front(cost)]
+                   for cost in COST_VIEWS},
     }
+
+
+def _cost_value(o: Any, cost: str) -> float | None:
+    from .search import cost_of
+    return cost_of(o, cost)

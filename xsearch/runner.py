@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping
 import pandas as pd
 
 from .evaluator import Evaluator, Outcome
-from .search import EvolutionarySearch, SearchSettings, Skip, best_of, pareto_front
+from .search import COSTS, EvolutionarySearch, SearchSettings, Skip, front_2d, incumbent_of, pareto_front
 from .space import Config, Distribution, SearchSpace, resolve_model_path
 from .tasks import canonical_name, get_task_kind
 
@@ -53,6 +53,8 @@ class SearchResult:
     compute_s: float = 0.0  # sum of the candidates' own times (> wall time with several workers)
     gpu_s: float = 0.0
     workers: int = 1
+    objective: str = "quality"  # what ``incumbent`` means (xsearch.search.OBJECTIVES)
+    knee_tolerance: float = 0.01
 
     @property
     def outcomes(self) -> list[Outcome]:
@@ -60,7 +62,13 @@ class SearchResult:
 
     @property
     def incumbent(self) -> Outcome | None:
-        return best_of(self.outcomes)
+        return incumbent_of(self.outcomes, self.objective, self.knee_tolerance)
+
+    def front(self, cost: str) -> list[Outcome]:
+        """The quality-vs-``cost`` Pareto front (``params``, ``runtime`` or ``energy``), cheapest first."""
+        if cost not in COSTS:
+            raise ValueError(f"cost {cost!r}: choose one of {', '.join(COSTS)}")
+        return front_2d(self.outcomes, cost)
 
     @property
     def n_failed(self) -> int:
@@ -204,7 +212,8 @@ class SearchLoop:
         self.on_event("done", {"stop_reason": stop})
         s = self.search
         return SearchResult(self.search_id, self.evaluations, s.skipped, s.generation, self.used_s, self.used_kwh,
-                            stop or "done", s.initial, s.dist, self.settings.budget_s, list(s.skip_log))
+                            stop or "done", s.initial, s.dist, self.settings.budget_s, list(s.skip_log),
+                            objective=self.settings.objective, knee_tolerance=self.settings.knee_tolerance)
 
 
 def run_loop(space: SearchSpace, evaluator: Evaluator, settings: SearchSettings, search_id: str = "search", *,
@@ -295,7 +304,8 @@ class ParallelLoop(SearchLoop):
         self.on_event("done", {"stop_reason": stop})
         s = self.search
         res = SearchResult(self.search_id, self.evaluations, s.skipped, s.generation, self.used_s, self.used_kwh,
-                           stop or "done", s.initial, s.dist, self.settings.budget_s, list(s.skip_log))
+                           stop or "done", s.initial, s.dist, self.settings.budget_s, list(s.skip_log),
+                           objective=self.settings.objective, knee_tolerance=self.settings.knee_tolerance)
         res.compute_s = self.compute_s
         res.gpu_s = self.compute_s * self.gpus_per_candidate
         res.workers = self.executor.slots
@@ -482,7 +492,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
                space: SearchSpace | None = None, executor: str = "local", workers: int = 1,
                gpus_per_candidate: float | None = None, cpus_per_candidate: float = 1.0,
                ray_address: str | None = None, slurm_partition: str | None = None,
-               task: str | None = None, columns: Mapping[str, str] | None = None
+               task: str | None = None, columns: Mapping[str, str] | None = None, objective: str | None = None
                ) -> tuple[SearchResult, dict[str, Path]]:
     """Run (or resume) a search end to end; returns the result and the paths of the reports.
 
@@ -499,7 +509,15 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
     (``$XLOG_HOME/searches/ID.json``); budget options given here (``budget_s``, ``max_evals``,
     ``energy_budget_kwh``) replace the recorded ones. ``budget_s`` defaults to 300 s (None means
     the default, not 0: a limit that is not a positive number is refused with a ValueError).
+
+    ``objective`` (xsearch.search.OBJECTIVES, default ``quality``; on resume the recorded one
+    unless given) says what the incumbent (``best_config.py``) is; every search reports the
+    quality-vs-cost fronts for trainable parameters, runtime and energy whatever it is. The space's
+    PEFT structures are checked against its models before any candidate runs.
     """
+    from .search import OBJECTIVES
+    if objective is not None and objective not in OBJECTIVES:
+        raise ValueError(f"objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
     import math
     import numbers
     for what, value, integral in (("budget_s", budget_s, False), ("energy_budget_kwh", energy_budget_kwh, False),
@@ -554,6 +572,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         skipped_before = Counter(man.get("skipped") or {})
         similar = man.get("similar_tasks") or []
         warm = bool(opts.get("warm", True))
+        objective = objective or opts.get("objective") or "quality"
     else:
         search_id = search_id or new_search_id()
         budget_s = float(budget_s) if budget_s is not None else 300.0
@@ -565,6 +584,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
                                "(give a space of that kind, or leave out --task)")
         initial, used_before_s, used_before_kwh, skipped_before, similar = None, 0.0, 0.0, Counter(), []
         man = {}
+        objective = objective or "quality"
 
     kind = get_task_kind(space.task_type)
     cols = dict(columns or {})
@@ -572,6 +592,12 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         cols = {"text": text_column, "label": label_column, **cols}
     task = kind.load(data, cols, seed=seed, max_train=max_train, max_eval=max_eval)
     _prepare_models(space, emit)
+    from .space import PROMPT_METHODS, STRUCTURE_DECISIONS
+    if set(space.names) & set(STRUCTURE_DECISIONS) or set(space.param("ft_method").values) & set(PROMPT_METHODS):
+        # A structure a model cannot take (with the kind's head): a clear error before any
+        # training; after _prepare_models, so that a converted model is read, not converted here.
+        from .tasks.methods import check_space_structures  # imports torch: only for spaces that need it
+        check_space_structures(space)
     work = Path(tempfile.mkdtemp(prefix=f"xsearch-{search_id}-"))
     task.save(work / "task")
     from .executors import ExecutorSettings, make_executor
@@ -619,7 +645,8 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         if max_candidate_s is None:
             max_candidate_s = budget_s / 2  # no single candidate may eat the whole budget
         settings = SearchSettings(budget_s=budget_s, energy_budget_kwh=energy_budget_kwh, max_evals=max_evals,
-                                  population=population, seed=seed, max_candidate_s=max_candidate_s)
+                                  population=population, seed=seed, max_candidate_s=max_candidate_s,
+                                  objective=objective)
         manifest = {
             "search_id": search_id, "status": "running", "space": space.to_dict(),
             "options": {"data": str(Path(data).resolve()) if data else None, "text_column": text_column,
@@ -628,6 +655,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
                         "max_evals": max_evals, "seed": seed, "memory_limit_gb": memory_limit_gb,
                         "population": population, "max_train": max_train, "max_eval": max_eval, "energy": energy,
                         "max_candidate_s": max_candidate_s, "out_dir": str(Path(out_dir).resolve()), "warm": warm,
+                        "objective": objective,
                         "executor": {"name": executor, **exec_settings.to_dict()}},
             "task_name": task.name, "initial_distribution": _dist_to_json(initial), "similar_tasks": similar,
             "walls": dict(walls), "used_s": used_before_s, "used_kwh": used_before_kwh,

@@ -40,6 +40,11 @@ log = logging.getLogger("xsearch.search")
 
 SKIP_REASONS = ("predicted_failure", "predicted_overrun", "predicted_energy_overrun", "not_logged")
 FAILED = ("failed", "oom", "timeout")
+#: What the incumbent means (``SearchSettings.objective``, ``xsearch run --objective``): the best
+#: quality, or a point of the quality-vs-cost Pareto front (see ``incumbent_of``).
+OBJECTIVES = ("quality", "quality-vs-params", "quality-vs-runtime", "quality-vs-energy")
+#: The costs a front is drawn against: trainable parameters, runtime (s), energy (kWh).
+COSTS = ("params", "runtime", "energy")
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,17 @@ class SearchSettings:
     # Pseudo-observations that hold the failure calibration near the estimators' prediction.
     fail_prior_n: float = 5.0
     max_idle_generations: int = 3
+    # What the incumbent means (OBJECTIVES). Two-objective: the cheapest run of the front whose
+    # quality is within ``knee_tolerance`` of the best quality (``incumbent_of``); generations
+    # then pull the distribution towards the front (non-dominated first), not only the best quality.
+    objective: str = "quality"
+    knee_tolerance: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+        if not (self.knee_tolerance >= 0 and math.isfinite(self.knee_tolerance)):
+            raise ValueError(f"knee_tolerance must be a number >= 0, not {self.knee_tolerance!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,6 +155,72 @@ def pareto_front(outcomes: Iterable[Outcome]) -> list[Outcome]:
             seen.add(objs(o))
             out.append(o)
     return out
+
+
+def cost_of(o: Outcome, cost: str) -> float | None:
+    """An outcome's cost: ``params`` (trainable parameters), ``runtime`` (s: the record's, else the
+    wall time charged) or ``energy`` (kWh); None when unknown."""
+    if cost == "params":
+        v = getattr(o, "trainable_params", None)
+    elif cost == "runtime":
+        v = o.runtime_s if o.runtime_s is not None else o.wall_s
+    elif cost == "energy":
+        v = o.energy_kwh
+    else:
+        raise ValueError(f"cost {cost!r}: choose one of {', '.join(COSTS)}")
+    return finite_or_none(v)
+
+
+def objective_cost(objective: str) -> str | None:
+    """``quality-vs-params`` -> ``params``; ``quality`` -> None."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
+    return None if objective == "quality" else objective.split("-vs-", 1)[1]
+
+
+def front_2d(outcomes: Iterable[Outcome], cost: str) -> list[Outcome]:
+    """Completed outcomes with a known ``cost`` not dominated in (quality up, cost down), cheapest
+    first (one per objective vector)."""
+    pts = sorted(((cost_of(o, cost), -float(o.quality), i, o) for i, o in enumerate(outcomes)  # type: ignore[arg-type]
+                  if o.ok and cost_of(o, cost) is not None), key=lambda t: (t[0], t[1], t[2]))
+    out, best = [], -math.inf
+    for c, negq, _, o in pts:
+        if -negq > best:  # strictly better than every cheaper (or equally cheap) point
+            out.append(o)
+            best = -negq
+    return out
+
+
+def incumbent_of(outcomes: Iterable[Outcome], objective: str = "quality", tolerance: float = 0.01) -> Outcome | None:
+    """The run a search recommends. ``quality``: the best quality (ties: the fastest). Two
+    objectives (quality vs a cost): the knee of the front read as "as good, for less": among the
+    front's runs whose quality is within ``tolerance`` of the best quality, the cheapest one.
+    Runs whose cost is unknown only count when no run has it (then: the best quality)."""
+    outs = list(outcomes)
+    cost = objective_cost(objective)
+    if cost is None:
+        return best_of(outs)
+    front = front_2d(outs, cost)
+    if not front:
+        return best_of(outs)
+    top = max(float(o.quality) for o in front)  # type: ignore[arg-type]
+    near = [o for o in front if float(o.quality) >= top - tolerance]  # type: ignore[arg-type]
+    return min(near, key=lambda o: cost_of(o, cost))  # type: ignore[arg-type,return-value]
+
+
+def nondominated_order(outcomes: list[Outcome], cost: str) -> list[Outcome]:
+    """Completed outcomes ordered by Pareto layer in (quality up, cost down), best quality first
+    within a layer; runs without a known cost come after the layers, by quality."""
+    rest = [o for o in outcomes if o.ok]
+    ordered: list[Outcome] = []
+    while True:
+        layer = front_2d(rest, cost)
+        if not layer:
+            break
+        ids = {id(o) for o in layer}
+        ordered += sorted(layer, key=lambda o: -float(o.quality))  # type: ignore[arg-type]
+        rest = [o for o in rest if id(o) not in ids]
+    return ordered + sorted(rest, key=lambda o: -float(o.quality))  # type: ignore[arg-type]
 
 
 def update_distribution(space: SearchSpace, dist: Distribution, elite: list[Config], learning_rate: float,
@@ -542,7 +624,11 @@ class EvolutionarySearch:
     def _update(self, members: list[Outcome]) -> None:
         s = self.settings
         self.generation += 1
-        ok = sorted((o for o in members if o.ok), key=lambda o: -float(o.quality))  # type: ignore[arg-type]
+        cost = objective_cost(s.objective)
+        if cost is None:
+            ok = sorted((o for o in members if o.ok), key=lambda o: -float(o.quality))  # type: ignore[arg-type]
+        else:  # the generation's front first: cheap structures that hold their quality pull too
+            ok = nondominated_order(members, cost)
         if ok:
             n_elite = max(1, math.ceil(s.selection * len(members)))
             self.dist = update_distribution(self.space, self.dist, [o.config for o in ok[:n_elite]],
@@ -550,4 +636,4 @@ class EvolutionarySearch:
 
     @property
     def incumbent(self) -> Outcome | None:
-        return best_of(self.results.values())
+        return incumbent_of(self.results.values(), self.settings.objective, self.settings.knee_tolerance)

@@ -18,12 +18,23 @@ takes one of the listed values; an inactive decision is ``None`` in the config.
 
 A *config* is a dict keyed by record column names; a *distribution* is
 ``dict[str, dict[value, probability]]`` with one entry per decision.
+
+PEFT structure decisions (``STRUCTURE_DECISIONS``, record columns that ``XLogCallback`` reads back
+from any PEFT model, see ``xlog.peftfeatures``): ``peft_layer_pattern`` (which layers: ``all``,
+``top_half``, ``bottom_half``, ``every_other``, ``top_<k>``, ``bottom_<k>``),
+``peft_module_kinds`` (which modules, ``+``-joined abstract kinds ``attn_q``, ``attn_k``,
+``attn_v``, ``attn_o``, ``ffn_in``, ``ffn_out``, or the shorthands ``attn``, ``ffn``, ``all``, written
+to the canonical form when the file is read), ``peft_rank_ffn`` (rank of the feed-forward
+adapters, ``peft_lora_r`` being the others'), ``peft_use_dora``, ``peft_use_rslora`` and
+``peft_num_virtual_tokens`` (prompt tuning). Which structures a model can take is checked against
+the model before any training (``xsearch.worker.check_space_structures``).
 """
 from __future__ import annotations
 
 import json
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -47,10 +58,102 @@ DEFAULT_SPACES = {"text-classification": "default_space.yaml",
 
 #: Built-in fine-tuning methods; any other value is looked up as a ``peft`` config type.
 BUILTIN_METHODS = ("full", "lora", "partial")
+#: PEFT methods whose structure (layers, module kinds) the space can decide.
+STRUCTURED_METHODS = ("lora", "ia3")
+#: PEFT methods with virtual tokens (``peft_num_virtual_tokens``).
+PROMPT_METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning")
+#: Structure decisions, all record columns (module docstring).
+STRUCTURE_DECISIONS = ("peft_layer_pattern", "peft_module_kinds", "peft_rank_ffn", "peft_use_dora", "peft_use_rslora",
+                       "peft_num_virtual_tokens")
+#: Shorthands of ``peft_module_kinds`` values.
+KIND_ALIASES = {"attn": ("attn_q", "attn_k", "attn_v", "attn_o"), "ffn": ("ffn_in", "ffn_out"),
+                "all": ("attn_q", "attn_k", "attn_v", "attn_o", "ffn_in", "ffn_out")}
+_PATTERN_RE = re.compile(r"^(all|top_half|bottom_half|every_other|(top|bottom)_[1-9][0-9]*)$")
 
 
 class SpaceError(ValueError):
     """The space file is malformed; the message says where."""
+
+
+class StructureError(SpaceError):
+    """A PEFT structure a model cannot take (layers beyond its depth, a module kind it lacks, a
+    PEFT type it does not support); raised before any training."""
+
+
+def canonical_kinds(value: Any) -> str:
+    """A ``peft_module_kinds`` value in canonical form: ``"ffn+attn_q"`` -> ``"attn_q+attn_v+..."``
+    order of ``xlog.peftfeatures.KINDS``; shorthands ``attn``, ``ffn``, ``all``; a list is joined."""
+    from xlog.peftfeatures import ADAPTER_KINDS
+    parts = value if isinstance(value, (list, tuple)) else str(value).replace(",", "+").split("+")
+    kinds: list[str] = []
+    for part in (str(x).strip().lower() for x in parts):
+        if not part:
+            continue
+        expanded = KIND_ALIASES.get(part, (part,))
+        bad = [k for k in expanded if k not in ADAPTER_KINDS]
+        if bad:
+            raise SpaceError(f"peft_module_kinds {value!r}: unknown kind {bad[0]!r}; kinds are "
+                             f"{', '.join(ADAPTER_KINDS)} (shorthands: {', '.join(KIND_ALIASES)})")
+        kinds.extend(expanded)
+    if not kinds:
+        raise SpaceError(f"peft_module_kinds {value!r}: no module kind given")
+    return "+".join(k for k in ADAPTER_KINDS if k in kinds)
+
+
+def layer_indices(pattern: str, n_layers: int) -> list[int]:
+    """The layer indices a ``peft_layer_pattern`` value adapts in a model of ``n_layers`` layers
+    (the inverse of ``xlog.peftfeatures.layer_pattern``); StructureError when it cannot."""
+    n = int(n_layers)
+    p = str(pattern)
+    if not _PATTERN_RE.match(p):
+        raise StructureError(f"peft_layer_pattern {p!r}: expected all, top_half, bottom_half, every_other, "
+                             "top_<k> or bottom_<k>")
+    if n < 1:
+        raise StructureError(f"peft_layer_pattern {p!r}: the model has no transformer layer list")
+    if p == "all":
+        return list(range(n))
+    if p in ("top_half", "bottom_half"):
+        if n < 2:
+            raise StructureError(f"peft_layer_pattern {p}: the model has {n} layer, no half of it")
+        half = n // 2
+        return list(range(n - half, n)) if p == "top_half" else list(range(half))
+    if p == "every_other":
+        if n < 3:
+            raise StructureError(f"peft_layer_pattern every_other: the model has only {n} layers")
+        return list(range(n - 1, -1, -2))[::-1]
+    side, k = p.split("_")
+    k = int(k)
+    if k > n:
+        raise StructureError(f"peft_layer_pattern {p}: the model has only {n} layers")
+    return list(range(n - k, n)) if side == "top" else list(range(k))
+
+
+def record_structure(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """The structure decisions of a logged run. Records captured before the structure columns
+    existed (or imported without them) describe LoRA on every layer (the search never set
+    ``layers_to_transform`` then) on the kinds of ``peft_target_modules``, without DoRA/rsLoRA."""
+    out = {k: rec.get(k) for k in STRUCTURE_DECISIONS}
+    out = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+    method = str(rec.get("ft_method") or "").lower()
+    if method == "lora" and out.get("peft_module_kinds") is None:
+        from xlog.peftfeatures import module_kinds
+        targets = rec.get("peft_target_modules")
+        if targets is not None and not isinstance(targets, str) and len(targets):
+            kinds = {k for t in targets for k in module_kinds(str(t))}
+            if kinds and len(kinds) >= 1 and all(module_kinds(str(t)) for t in targets):
+                out["peft_module_kinds"] = canonical_kinds(sorted(kinds))
+        if rec.get("peft_layers") is None and rec.get("peft_n_layers") is None:
+            out["peft_layer_pattern"] = "all"
+    if method == "lora":
+        for flag in ("peft_use_dora", "peft_use_rslora"):
+            if out.get(flag) is None:
+                out[flag] = False  # what the worker builds (and LoRA was) without the decision
+    if out.get("peft_module_kinds") is not None:
+        try:
+            out["peft_module_kinds"] = canonical_kinds(out["peft_module_kinds"])
+        except SpaceError:
+            pass  # e.g. `prompt`: not a decision value, kept as logged
+    return out
 
 
 def _is_number(v: Any) -> bool:
@@ -108,6 +211,8 @@ class Parameter:
     def snap(self, value: Any) -> Any:
         """The value of this parameter nearest to a logged value (None if nothing is near)."""
         if value is None:
+            if all(isinstance(v, bool) for v in self.values):
+                return None
             # Runs log "no warmup" as null: it is the 0 value of the space when there is one.
             return 0.0 if 0.0 in self.values else (0 if 0 in self.values else None)
         if isinstance(value, str) or not all(_is_number(v) for v in self.values):
@@ -160,6 +265,13 @@ class SearchSpace:
                 values = _expand_range(name, spec["range"])
             else:
                 raise SpaceError(f"parameter {name}: give 'values' (a list) or 'range' ({{low, high, num}})")
+            if name == "peft_module_kinds":
+                values = [canonical_kinds(v) for v in values]
+            if name == "peft_layer_pattern":
+                bad = [v for v in values if not _PATTERN_RE.match(str(v))]
+                if bad:
+                    raise SpaceError(f"parameter peft_layer_pattern: {bad[0]!r} is not all, top_half, bottom_half, "
+                                     "every_other, top_<k> or bottom_<k>")
             if len(set(map(repr, values))) != len(values):
                 raise SpaceError(f"parameter {name}: duplicate values {values}")
             when = []
@@ -167,6 +279,8 @@ class SearchSpace:
                 if dep not in seen:
                     raise SpaceError(f"parameter {name}: condition on {dep!r}, which is not an earlier parameter")
                 allowed = allowed if isinstance(allowed, (list, tuple)) else [allowed]
+                if dep == "peft_module_kinds":
+                    allowed = [canonical_kinds(a) for a in allowed]
                 dep_values = next(p.values for p in params if p.name == dep)
                 bad = [a for a in allowed if _norm_value(a) not in dep_values]
                 if bad:
@@ -178,6 +292,7 @@ class SearchSpace:
         for required in ("model_name", "ft_method"):
             if required not in seen:
                 raise SpaceError(f"a space needs a '{required}' parameter")
+        _check_structure_conditions(params)
         models = {str(k): dict(v or {}) for k, v in (doc.get("models") or {}).items()}
         methods = {str(k): dict(v or {}) for k, v in (doc.get("methods") or {}).items()}
         from .tasks import UnknownTaskKind, canonical_name
@@ -378,11 +493,19 @@ class SearchSpace:
         space's 1e-4), logged "no warmup" (null) is 0, inactive decisions are None.
         """
         cfg: Config = {}
+        structure = record_structure(rec) if any(n in STRUCTURE_DECISIONS for n in self.names) else {}
+        if structure and structure.get("peft_module_kinds") is None and str(rec.get("ft_method")).lower() == "lora":
+            # A LoRA record without its modules: the space's LoRA of that model (lora_target_modules).
+            targets = self.model_spec(str(rec.get("model_name"))).get("lora_target_modules")
+            structure = record_structure(dict(rec, peft_target_modules=list(targets))) if targets else structure
         for p in self.parameters:
             if not p.active(cfg):
                 cfg[p.name] = None
                 continue
-            v = p.snap(rec.get(p.name))
+            if p.name == "peft_layer_pattern":
+                v = snap_layer_pattern(p.values, structure.get(p.name), rec)
+            else:
+                v = p.snap(structure[p.name] if p.name in structure else rec.get(p.name))
             if v is None:
                 return None
             cfg[p.name] = v
@@ -429,3 +552,42 @@ def _draw(values: list[Any], probs: Mapping[Any, float] | None, rng: random.Rand
     if sum(weights) <= 0:
         weights = [1.0] * len(values)
     return rng.choices(values, weights=weights, k=1)[0]
+
+
+def snap_layer_pattern(values: tuple[Any, ...], logged: Any, rec: Mapping[str, Any]) -> Any:
+    """The ``peft_layer_pattern`` value of the space a run's adapted layers correspond to: the
+    logged pattern itself, else a value that adapts the same layers of the run's model (``top_3``
+    of a 6-layer model is its ``top_half``)."""
+    if logged in values:
+        return logged
+    try:
+        from xlog.peftfeatures import parse_layers
+        layers = sorted(parse_layers(rec.get("peft_layers")))
+        n = int(rec.get("model_n_layers") or 0)
+    except (TypeError, ValueError):
+        return None
+    if not layers or n < 1:
+        return None
+    for v in values:
+        try:
+            if layer_indices(str(v), n) == layers:
+                return v
+        except StructureError:
+            continue
+    return None
+
+
+def _check_structure_conditions(params: list[Parameter]) -> None:
+    """Structure decisions are only active where they mean something: ``peft_rank_ffn`` only for
+    module kinds that include a feed-forward kind (else a run could never log it)."""
+    by_name = {p.name: p for p in params}
+    p = by_name.get("peft_rank_ffn")
+    if p is None:
+        return
+    when = dict(p.when)
+    kinds = when.get("peft_module_kinds")
+    if kinds is None and "peft_module_kinds" in by_name:
+        kinds = by_name["peft_module_kinds"].values
+    if kinds is None or any("ffn_" not in str(k) for k in kinds):
+        raise SpaceError("parameter peft_rank_ffn: make it conditional on peft_module_kinds values that include a "
+                         "feed-forward kind, e.g. when: {peft_module_kinds: [attn+ffn]}")

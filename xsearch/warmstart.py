@@ -2,6 +2,12 @@
 similar past tasks. Successful runs pull probability towards their choices (in proportion to
 task similarity x quality rank within their task); failed runs (failed, oom, timeout) push it
 away from theirs. Every value keeps at least a floor probability, so the search still explores.
+
+PEFT structure decisions (which layers, which module kinds, ranks, DoRA/rsLoRA, virtual tokens)
+transfer like every other decision, read from the captured structure columns of the records:
+a run that adapted the top 3 of 6 layers pulls ``top_half`` (the same layers, whatever the space
+calls them), and LoRA records captured before the structure columns existed count as LoRA on
+every layer on the kinds of their ``peft_target_modules`` (``xsearch.space.record_structure``).
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import pandas as pd
 from xlog import schema as S
 
 from .estimators import FAILED_STATUSES, metric_family
+from .space import STRUCTURE_DECISIONS, record_structure, snap_layer_pattern
 
 Distribution = dict[str, dict[Any, float]]
 
@@ -203,17 +210,23 @@ def warm_start(distribution: Mapping[str, Mapping[Any, float]], experiences: pd.
             weights_pull[g.index[ok]] = s * _quality_rank(g[ok])
         bad = g["status"].isin(FAILED_STATUSES)
         weights_push[g.index[bad]] = s
+    structure = _structure_values(exp, [d for d in out if d in STRUCTURE_DECISIONS],
+                                  (weights_pull != 0) | (weights_push != 0))
     for decision, probs in out.items():
-        if decision not in exp.columns or not probs:
+        if (decision not in exp.columns and decision not in structure) or not probs:
             continue
         options = list(probs)
         pull = dict.fromkeys(options, 0.0)
         push = dict.fromkeys(options, 0.0)
-        for idx, value in exp[decision].items():
+        column = structure[decision] if decision in structure else exp[decision]
+        for idx, value in column.items():
             wp, wn = weights_pull[idx], weights_push[idx]
             if wp == 0 and wn == 0:
                 continue
-            o = _match(value, options)
+            if decision == "peft_layer_pattern":
+                o = snap_layer_pattern(tuple(options), value, exp.loc[idx])
+            else:
+                o = _match(value, options)
             if o is None:
                 continue
             pull[o] += wp
@@ -228,6 +241,18 @@ def warm_start(distribution: Mapping[str, Mapping[Any, float]], experiences: pd.
             share_push = push[o] / mass_push if mass_push else 0.0
             new[o] = max(float(probs[o]), 0.0) * math.exp(strength * (c_pull * share_pull - c_push * share_push))
         out[decision] = _with_floor(new, floor)
+    return out
+
+
+def _structure_values(exp: pd.DataFrame, decisions: list[str], rows: pd.Series) -> dict[str, pd.Series]:
+    """The structure decisions of the weighted records (``record_structure``), per decision."""
+    if not decisions:
+        return {}
+    out = {d: pd.Series(None, index=exp.index, dtype=object) for d in decisions}
+    for idx in exp.index[rows.to_numpy()]:
+        st = record_structure(exp.loc[idx])
+        for d in decisions:
+            out[d][idx] = st.get(d)
     return out
 
 

@@ -33,16 +33,17 @@ from .tasks import get_task_kind
 # that maps a library late, under a memory limit, can fail like an OOM.
 from .tasks import generative as _generative  # noqa: F401
 from .tasks.classifier import MeanPoolingForSequenceClassification, build_model, compute_metrics, sentence_pooling
-from .tasks.methods import apply_method
-from .tasks.tiny import TINY_PREFIX
+from .tasks.methods import apply_method, check_space_structures, check_structure, peft_config_for
+from .tasks.tiny import TINY_PREFIX, tiny_config
 
 try:  # energy metering starts inside the memory limit: load it beforehand
     import codecarbon  # noqa: F401
 except ImportError:
     pass
 
-__all__ = ["MeanPoolingForSequenceClassification", "apply_method", "build_model", "compute_metrics",
-           "sentence_pooling", "run", "TINY_PREFIX"]
+__all__ = ["MeanPoolingForSequenceClassification", "apply_method", "build_model", "check_space_structures",
+           "check_structure", "compute_metrics", "peft_config_for", "sentence_pooling", "run", "TINY_PREFIX",
+           "tiny_config"]
 
 log = logging.getLogger("xsearch.worker")
 

@@ -48,6 +48,7 @@ class Entry:
     quality: float | None
     cost_s: float
     energy_kwh: float
+    trainable_params: float | None = None  # the record's ft_trainable_params (the multi-objective race's cost)
 
     @property
     def ok(self) -> bool:
@@ -111,7 +112,8 @@ class TaskPool:
         for cfg in self.evaluator.configs():
             out = self.evaluator.evaluate(cfg, math.inf)
             self.entries[config_key(cfg)] = Entry(cfg, config_key(cfg), out.status, out.quality,
-                                                  float(out.wall_s), float(out.energy_kwh or 0.0))
+                                                  float(out.wall_s), float(out.energy_kwh or 0.0),
+                                                  getattr(out, "trainable_params", None))
         self.evaluator.calls = 0
         ok = [e.quality for e in self.entries.values() if e.ok]
         self.best_quality: float | None = max(ok) if ok else None

@@ -59,6 +59,8 @@ class TaskKind:
         metric_label: how reports and the live view name the primary metric.
         report_metrics: other logged metrics worth a leaderboard column.
         default_space: the shipped space file (package resource) for this kind.
+        peft_task_type: the ``peft`` task type of its models (``SEQ_CLS``, ``CAUSAL_LM``): PEFT
+            methods and structures are built and checked for that head (``.methods``).
     """
 
     name: str = ""
@@ -68,6 +70,7 @@ class TaskKind:
     metric_label: str = ""
     report_metrics: tuple[str, ...] = ()
     default_space: str = ""
+    peft_task_type: str = "SEQ_CLS"
 
     # ---- data ------------------------------------------------------------------------------
     def load(self, path: Any, columns: Mapping[str, str] | None = None, *, seed: int = 0,

@@ -37,6 +37,7 @@ class CausalLM(TaskKind):
     metric_label = "eval loss"
     report_metrics = ("eval_perplexity",)
     default_space = "spaces/causal_lm.yaml"
+    peft_task_type = "CAUSAL_LM"
 
     def load(self, path: Any, columns: Mapping[str, str] | None = None, *, seed: int = 0,
              validation_fraction: float = 0.2, max_train: int | None = None,

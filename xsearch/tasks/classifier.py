@@ -26,7 +26,7 @@ from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassificat
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..space import resolve_model_path
-from .tiny import TINY_PREFIX, parse_tiny, wordpiece_tokenizer
+from .tiny import TINY_PREFIX, tiny_config, wordpiece_tokenizer
 
 __all__ = ["MeanPoolingForSequenceClassification", "build_model", "compute_metrics", "sentence_pooling"]
 
@@ -143,18 +143,15 @@ def sentence_pooling(name: str, path: str, spec: dict[str, Any]) -> str | None:
 
 
 def build_model(cfg: Mapping[str, Any], spec: Mapping[str, Any], n_labels: int, train_texts: list[str]) -> tuple[Any, Any]:
-    """(classifier, tokenizer) for a config: a tiny BERT built from a config (``tiny:bert-LxH``), a
-    sentence-embedding encoder + mean pooling, or the model's own classification head."""
+    """(classifier, tokenizer) for a config: a tiny BERT, Llama or GPT-2 classifier built from a
+    config (``tiny:bert-LxH``, ``tiny:llama-LxH``, ``tiny:gpt2-LxH``), a sentence-embedding encoder +
+    mean pooling, or the model's own classification head."""
     name = cfg["model_name"]
     if name.startswith(TINY_PREFIX):
-        from transformers import BertConfig, BertForSequenceClassification
-        _, layers, hidden = parse_tiny(name, ("bert",))
         tok = wordpiece_tokenizer(train_texts)
-        mcfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                          num_attention_heads=max(1, hidden // 16), intermediate_size=2 * hidden,
-                          max_position_embeddings=512, num_labels=n_labels, pad_token_id=tok.pad_token_id)
+        mcfg = tiny_config(name, tok.vocab_size, n_labels, tok.pad_token_id)
         torch.manual_seed(0)
-        return BertForSequenceClassification(mcfg), tok
+        return AutoModelForSequenceClassification.from_config(mcfg), tok
     path = resolve_model_path(name, spec)
     if path != name:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local copy: never reach for the network

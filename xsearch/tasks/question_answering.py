@@ -95,6 +95,7 @@ class QuestionAnswering(TaskKind):
     metric_label = "F1"
     report_metrics = ("eval_exact_match", "eval_loss")
     default_space = "spaces/question_answering.yaml"
+    peft_task_type = "CAUSAL_LM"
 
     def load(self, path: Any, columns: Mapping[str, str] | None = None, *, seed: int = 0,
              validation_fraction: float = 0.2, max_train: int | None = None,

@@ -50,7 +50,7 @@ class TextClassification(TaskKind):
     def apply_method(self, model: Any, cfg: Mapping[str, Any], spec: Mapping[str, Any],
                      method_spec: Mapping[str, Any]) -> Any:
         from .methods import apply_method
-        return apply_method(model, cfg, spec, method_spec, peft_task_type="SEQ_CLS", train_head=True)
+        return apply_method(model, cfg, spec, method_spec, peft_task_type=self.peft_task_type, train_head=True)
 
     def datasets(self, task: "TaskData", tokenizer: Any, cfg: Mapping[str, Any]) -> tuple[Any, Any]:
         import datasets

@@ -1,14 +1,17 @@
 """Tiny models built from a config, with a tokenizer trained on the task's own texts: real
-fine-tunings in seconds, no download (tests, smoke runs). Names: ``tiny:<arch>-<layers>x<hidden>``,
-``bert`` for classification, ``llama`` or ``gpt2`` for causal LMs (e.g. ``tiny:llama-2x32``)."""
+fine-tunings in seconds, no download (tests, smoke runs). Names: ``tiny:<arch>-<layers>x<hidden>``
+with ``bert``, ``llama`` or ``gpt2``: any of them as a classifier, ``llama`` or ``gpt2`` as a causal
+LM (e.g. ``tiny:llama-2x32``). One config builder (``tiny_config``) serves both heads, so the
+PEFT structure checks see the same module tree the candidate trains."""
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TINY_PREFIX", "parse_tiny", "wordpiece_tokenizer", "bpe_tokenizer", "tiny_causal_lm"]
+__all__ = ["TINY_PREFIX", "parse_tiny", "tiny_config", "wordpiece_tokenizer", "bpe_tokenizer", "tiny_causal_lm"]
 
 TINY_PREFIX = "tiny:"
 ARCHS = ("bert", "llama", "gpt2")
+LM_POSITIONS = 1024  # positions of a tiny causal LM (a classifier's: 512)
 
 
 def parse_tiny(name: str, allowed: tuple[str, ...] = ARCHS) -> tuple[str, int, int]:
@@ -22,6 +25,31 @@ def parse_tiny(name: str, allowed: tuple[str, ...] = ARCHS) -> tuple[str, int, i
     if arch not in allowed:
         raise ValueError(f"tiny model {name!r}: this task builds tiny {' or '.join(allowed)} models, not {arch!r}")
     return arch, layers, hidden
+
+
+def tiny_config(name: str, vocab_size: int = 1000, n_labels: int = 2, pad_token_id: int = 0, *,
+                bos_token_id: int | None = None, eos_token_id: int | None = None, max_positions: int = 512,
+                allowed: tuple[str, ...] | None = None) -> Any:
+    """The transformers config of a ``tiny:`` model (a BERT, Llama or GPT-2 built from scratch;
+    ``allowed``: the architectures the caller's head takes). ``bos_token_id``/``eos_token_id``
+    default to the padding token (one special token, as the tiny tokenizers have); a Llama ties its
+    LM head to the input embeddings, as SmolLM2 does."""
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+    arch, layers, hidden = parse_tiny(name, allowed or ARCHS)
+    heads = max(1, hidden // 16)
+    bos = pad_token_id if bos_token_id is None else bos_token_id
+    eos = pad_token_id if eos_token_id is None else eos_token_id
+    if arch == "llama":
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                           num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                           max_position_embeddings=max_positions, num_labels=n_labels, pad_token_id=pad_token_id,
+                           bos_token_id=bos, eos_token_id=eos, tie_word_embeddings=True)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions,
+                          num_labels=n_labels, pad_token_id=pad_token_id, bos_token_id=bos, eos_token_id=eos)
+    return BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                      intermediate_size=2 * hidden, max_position_embeddings=max_positions, num_labels=n_labels,
+                      pad_token_id=pad_token_id)
 
 
 def wordpiece_tokenizer(texts: list[str], vocab_size: int = 1000) -> Any:
@@ -54,21 +82,13 @@ def bpe_tokenizer(texts: list[str], vocab_size: int = 1000) -> Any:
                                    unk_token=eos, model_max_length=2048)
 
 
-def tiny_causal_lm(name: str, texts: list[str], max_positions: int = 1024) -> tuple[Any, Any]:
+def tiny_causal_lm(name: str, texts: list[str], max_positions: int = LM_POSITIONS) -> tuple[Any, Any]:
     """(model, tokenizer) of a ``tiny:llama-LxH`` / ``tiny:gpt2-LxH`` causal LM (seed 0 weights)."""
     import torch
-    arch, layers, hidden = parse_tiny(name, ("llama", "gpt2"))
+    from transformers import AutoModelForCausalLM
+    parse_tiny(name, ("llama", "gpt2"))  # a clear error for a tiny BERT, before training a tokenizer
     tok = bpe_tokenizer(texts)
-    heads = max(1, hidden // 16)
+    cfg = tiny_config(name, len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, max_positions=max_positions, allowed=("llama", "gpt2"))
     torch.manual_seed(0)
-    if arch == "llama":
-        from transformers import LlamaConfig, LlamaForCausalLM
-        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                          max_position_embeddings=max_positions, bos_token_id=tok.bos_token_id,
-                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
-        return LlamaForCausalLM(cfg), tok
-    from transformers import GPT2Config, GPT2LMHeadModel
-    cfg = GPT2Config(vocab_size=len(tok), n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    return GPT2LMHeadModel(cfg), tok
+    return AutoModelForCausalLM.from_config(cfg), tok
