@@ -168,6 +168,10 @@ def run_job(job: dict[str, Any]) -> None:
 
 def child_main(job_path: Path, log_path: Path) -> int:
     """Entry point in the forked process: output to a log file, run the job, exit code."""
+    # The fork inherits the harness's handlers: a run must die of SIGTERM/SIGINT like any process
+    # (after XLogCallback, which chains to these, has recorded it).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
