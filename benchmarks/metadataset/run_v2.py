@@ -6,8 +6,9 @@ and a time limit.
 - Resumable: a (task, search_id) pair with a finished record (completed / failed / oom / timeout)
   in the harness's store is skipped; an ``interrupted`` one is run again. ``search_id`` =
   ``metadataset-v2:<config hash>`` (repeat runs: ``metadataset-v2:rep<k>-<hash>#<i>``).
-- Tasks are filled one after another (``v2.yaml`` ``order``), each to ``runs_per_task`` runs, so
-  that a partial meta-dataset has complete tasks for leave-one-task-out evaluation.
+- Round robin in chunks (``v2.yaml`` ``chunk``): each round gives every task (in ``order``) its
+  next 10 sampled configurations, up to ``runs_per_task``, so that a partial meta-dataset has many
+  tasks with equal pools for leave-one-task-out evaluation.
 - Beside each record, ``<cache>/v2/curves/<record_id>.json`` holds the learning curve, the
   training CPU time (user + system, all threads), the process's CPU time (``wait4``) and the load
   average; ``export.py --version 2`` merges them into the exported records.
@@ -121,27 +122,29 @@ def _typed(space: Any, name: str, value: Any) -> Any:
 
 
 def plan(space: Any, settings: dict[str, Any], tasks: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
-    """(task, search_id, config) in run order: task after task, each with its sampled
-    configurations; the repeat runs are spread over the repeat task's first runs."""
+    """(task, search_id, config) in run order: rounds over the tasks in order, each round giving
+    every task its next ``chunk`` sampled configurations, so that after r rounds every task has
+    r x chunk runs (a partial meta-dataset has many tasks with equal pools); the repeat runs are
+    spread over the first runs, one after every ``repeats.every`` sampled runs, so that the
+    repeats of one configuration are minutes apart (the noise they measure includes the load)."""
     n = int(settings["runs_per_task"])
+    chunk = int(settings.get("chunk") or n)
+    per_task = {t: [(t, f"{VERSION}:{config_hash(c)}", c) for c in sample_configs(space, settings, t, n)] for t in tasks}
+    sampled = [run for start in range(0, n, chunk) for t in tasks for run in per_task[t][start:start + chunk]]
     rep = settings.get("repeats") or {}
+    extra = []
+    if rep.get("task") in tasks:
+        for i in range(1, int(rep.get("times", 3)) + 1):
+            for k, partial in enumerate(rep.get("configs") or [], start=1):
+                cfg = full_config(space, partial)
+                extra.append((rep["task"], f"{VERSION}:rep{k}-{config_hash(cfg)}#{i}", cfg))
+    every = max(1, int(rep.get("every", 5)))
     out = []
-    for task in tasks:
-        runs = [(task, f"{VERSION}:{config_hash(c)}", c) for c in sample_configs(space, settings, task, n)]
-        if task == rep.get("task"):
-            extra = []
-            for i in range(1, int(rep.get("times", 3)) + 1):
-                for k, partial in enumerate(rep.get("configs") or [], start=1):
-                    cfg = full_config(space, partial)
-                    extra.append((task, f"{VERSION}:rep{k}-{config_hash(cfg)}#{i}", cfg))
-            mixed = []
-            for j, r in enumerate(runs):  # one repeat after every third sampled run
-                mixed.append(r)
-                if j % 3 == 2 and extra:
-                    mixed.append(extra.pop(0))
-            runs = mixed + extra
-        out.extend(runs)
-    return out
+    for j, run in enumerate(sampled):
+        if j % every == 0 and extra:
+            out.append(extra.pop(0))
+        out.append(run)
+    return out + extra
 
 
 def done_pairs(store: Any) -> set[tuple[str, str]]:
