@@ -217,6 +217,11 @@ class Harness:
         wall = time.monotonic() - t0
         code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
         rec = find_record(self.store, record_id)
+        if rec is None and self.stopping:
+            # Stopped by the harness before xlog could record it: not experience of the
+            # configuration (the pair is run again next time), so no stand-in record.
+            self.store.discard_provisional(record_id)
+            return {"record_id": record_id, "status": "interrupted", "outcome_total_runtime_s": wall}
         if rec is None:  # died before xlog could write: a stand-in record, so nothing is lost
             self.store.discard_provisional(record_id)
             rec = died_record(record_id, cfg, timed_out, code, log_path, started, wall, self.timeout_s, search_id,
