@@ -59,6 +59,11 @@ def plot_pareto(board: pd.DataFrame, path: Path, title: str) -> Path:
         ax.scatter(front["runtime_s"], front["eval_f1"], s=90, facecolors="none", edgecolors="black",
                    linewidths=1.5, label="Pareto front")
     failed = board[~board.index.isin(ok.index)] if len(board) else board
+    pruned = failed[failed["status"].eq("pruned")] if len(failed) else failed
+    failed = failed[~failed["status"].eq("pruned")] if len(failed) else failed
+    if len(pruned):  # stopped early on purpose: their F1 at the stop, at the time they used
+        ax.scatter(pruned["wall_s"], pruned["eval_f1"].fillna(0.0), marker="v", color="grey",
+                   label=f"pruned early ({len(pruned)})")
     if len(failed):
         ax.scatter(failed["wall_s"], [0.0] * len(failed), marker="x", color="red",
                    label=f"failed / oom / timeout ({len(failed)})")
@@ -194,6 +199,7 @@ def summary_dict(result: "SearchResult") -> dict[str, Any]:
         "search_id": result.search_id, "best_f1": best.quality if best else None,
         "best_config": best.config if best else None, "best_record_id": best.record_id if best else None,
         "evaluations": len(result.evaluations), "statuses": statuses, "failures": result.n_failed,
+        "pruned": sum(1 for o in result.outcomes if o.status == "pruned"),
         "skipped": dict(result.skipped), "skipped_total": int(sum(result.skipped.values())),
         "generations": result.generations, "budget_s": result.budget_s, "used_s": round(result.used_s, 1),
         "used_kwh": result.used_kwh, "stop_reason": result.stop_reason,

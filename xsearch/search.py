@@ -19,6 +19,13 @@ transferred runtimes only order candidates until a run of this search calibrates
 near-certain (``p_fail_skip``) with enough records of its model behind it, or that is at least
 as memory-hungry as a run of this search that ran out of memory. Every skip is logged with its
 reason (``skip_log``).
+
+Early stopping (``early_stop``): once ``early_stop_after`` candidates have finished and one
+completed, every new candidate gets a ``StopSpec`` (``stop_spec``): the incumbent's quality and
+the learning-curve model learned from the store (``xsearch.curves``); its worker then stops it
+(status ``pruned``) when its curve cannot beat the incumbent. A pruned outcome costs its time,
+is neither a failure (failure rates ignore it) nor an incumbent or elite member (it has no final
+quality), and its time per epoch informs the cost model.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ import pandas as pd
 
 from xlog.schema import finite_or_none
 
+from .curves import CurveModel, StopSpec
 from .evaluator import Outcome
 from .space import Config, Distribution, SearchSpace, config_key
 
@@ -73,6 +81,11 @@ class SearchSettings:
     # Pseudo-observations that hold the failure calibration near the estimators' prediction.
     fail_prior_n: float = 5.0
     max_idle_generations: int = 3
+    # Early stopping of candidates whose learning curve cannot beat the incumbent (xsearch.curves):
+    # never before this many candidates have finished; evaluations per epoch that give the curve.
+    early_stop: bool = True
+    early_stop_after: int = 3
+    evals_per_epoch: int = 4
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,10 +185,12 @@ class OnlineCost:
         cfg = o.config
         if o.status == "oom":
             self.ooms.append(cfg)
-        # A timeout is a lower bound of the run's cost: still the best estimate of its rate.
-        if o.status not in ("completed", "timeout"):
+        # A timeout is a lower bound of the run's cost: still the best estimate of its rate; a pruned
+        # run's rate over the part of training it did is one too (start-up weighs more in it).
+        pruned = o.status == "pruned" and bool(o.stopped_at)
+        if o.status not in ("completed", "timeout") and not pruned:
             return
-        epochs = float(cfg.get("train_epochs") or 1)
+        epochs = float(cfg.get("train_epochs") or 1) * (float(o.stopped_at) if pruned else 1.0)  # type: ignore[arg-type]
         table = self.per_epoch if o.status == "completed" else self.lower_bounds
         for key in self._keys(cfg):
             table.setdefault(key, []).append(o.wall_s / epochs)
@@ -279,8 +294,10 @@ class EvolutionarySearch:
     def __init__(self, space: SearchSpace, settings: SearchSettings, *,
                  initial_distribution: Distribution | None = None,
                  predictor: Callable[[list[Config]], pd.DataFrame] | None = None,
-                 candidates: Iterable[Config] | None = None, seeds: Iterable[Config] = ()):
+                 candidates: Iterable[Config] | None = None, seeds: Iterable[Config] = (),
+                 curve_model: CurveModel | None = None):
         self.space, self.settings = space, settings
+        self.curve_model = curve_model
         self.candidates = [dict(c) for c in candidates] if candidates is not None else None
         self.initial = space.normalise(initial_distribution or space.uniform(), floor=settings.exploration)
         self.dist = {k: dict(v) for k, v in self.initial.items()}
@@ -551,3 +568,17 @@ class EvolutionarySearch:
     @property
     def incumbent(self) -> Outcome | None:
         return best_of(self.results.values())
+
+    def stop_spec(self) -> dict[str, Any] | None:
+        """The early-stopping spec for the next candidate (``StopSpec.to_dict``): None when early
+        stopping is off; without an incumbent value while fewer than ``early_stop_after``
+        candidates have finished or none completed (the curve is recorded, nothing is stopped)."""
+        s = self.settings
+        if not s.early_stop:
+            return None
+        inc = self.incumbent
+        if inc is None or len(self.results) < s.early_stop_after:
+            return StopSpec(None, evals_per_epoch=s.evals_per_epoch).to_dict()
+        model = self.curve_model.to_dict() if self.curve_model is not None and self.curve_model.is_fitted else None
+        return StopSpec(float(inc.quality), model=model, evals_per_epoch=s.evals_per_epoch,  # type: ignore[arg-type]
+                        extra={"incumbent_record_id": inc.record_id}).to_dict()
