@@ -1,7 +1,8 @@
 """The meta-dataset v2 harness: configurations sampled at random from ``space_v2.yaml`` per task
 (seeded, ``v2.yaml``), each fine-tuned for real with a learning curve (``trainer_v2.py``), one
-run at a time, in a process forked from this one (torch is imported once), under a memory limit
-and a time limit.
+run at a time, in a process forked from this one (torch is imported once), under a memory limit,
+a CPU-time limit (``timeout`` means "needed more than N CPU seconds", whatever the load) and a
+generous wall-clock limit.
 
 - Resumable: a (task, search_id) pair with a finished record (completed / failed / oom / timeout)
   in the harness's store is skipped; an ``interrupted`` one is run again. ``search_id`` =
@@ -156,9 +157,9 @@ class Harness:
     """Forks one process per run and supervises it (time limit, stop on SIGTERM, stand-in record)."""
 
     def __init__(self, store: Any, space: Any, settings: dict[str, Any], cache: Path, timeout_s: float,
-                 memory_limit_gb: float):
+                 memory_limit_gb: float, cpu_limit_s: float | None = None):
         self.store, self.space, self.settings = store, space, settings
-        self.timeout_s, self.memory_limit_gb = timeout_s, memory_limit_gb
+        self.timeout_s, self.memory_limit_gb, self.cpu_limit_s = timeout_s, memory_limit_gb, cpu_limit_s
         self.work = cache / "v2" / "work"
         self.curves = cache / "v2" / "curves"
         self.work.mkdir(parents=True, exist_ok=True)
@@ -188,7 +189,7 @@ class Harness:
                "model_spec": self.space.model_spec(cfg["model_name"]), "seed": 0, "energy": True,
                "memory_limit_bytes": int(self.memory_limit_gb * 2**30), "data_dir": str(task_dir),
                "store": str(self.store.root), "output_dir": str(cand / "trainer"), "curve_path": str(curve_path),
-               "evals_per_epoch": int(self.settings.get("evals_per_epoch", 4))}
+               "evals_per_epoch": int(self.settings.get("evals_per_epoch", 4)), "cpu_limit_s": self.cpu_limit_s}
         job_path, log_path = cand / "job.json", cand / "worker.log"
         job_path.write_text(json.dumps(job), encoding="utf-8")
         started = datetime.now(timezone.utc)
@@ -224,6 +225,8 @@ class Harness:
             return {"record_id": record_id, "status": "interrupted", "outcome_total_runtime_s": wall}
         if rec is None:  # died before xlog could write: a stand-in record, so nothing is lost
             self.store.discard_provisional(record_id)
+            if self.cpu_limit_s and usage.ru_utime + usage.ru_stime >= self.cpu_limit_s:
+                timed_out = True  # killed by the kernel at the CPU-time limit
             rec = died_record(record_id, cfg, timed_out, code, log_path, started, wall, self.timeout_s, search_id,
                               {**self.stand_in_defaults(task, task_dir), "task_name": task}, True)
             self.store.write(rec)
@@ -247,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--home", type=Path, default=None, help="XLOG_HOME of the harness (default <cache>/home-v2)")
     ap.add_argument("--memory-limit-gb", type=float, default=None, help="default: v2.yaml")
-    ap.add_argument("--timeout-s", type=float, default=None, help="default: v2.yaml")
+    ap.add_argument("--timeout-s", type=float, default=None, help="wall-clock limit per run (default: v2.yaml)")
+    ap.add_argument("--cpu-limit-s", type=float, default=None, help="CPU-time limit per run (default: v2.yaml; 0: none)")
     ap.add_argument("--max-runs", type=int, default=None)
     ap.add_argument("--tasks", default=None, help="comma-separated task names (default: all, in v2.yaml's order)")
     ap.add_argument("--export-every", type=int, default=10, help="export to benchmarks/data every N runs (0: never)")
@@ -289,8 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     manifest = prepare_tasks(a.data_dir, cache / "v2", specs)
     (cache / "v2" / "tasks" / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     prepare_all(cache, sorted({c["model_name"] for _, _, c in todo if not c["model_name"].startswith("tiny:")}))
+    cpu_limit = a.cpu_limit_s if a.cpu_limit_s is not None else settings.get("cpu_limit_s")
     harness = Harness(store, space, settings, cache, a.timeout_s or float(settings["timeout_s"]),
-                      a.memory_limit_gb or float(settings["memory_limit_gb"]))
+                      a.memory_limit_gb or float(settings["memory_limit_gb"]),
+                      float(cpu_limit) if cpu_limit else None)
     signal.signal(signal.SIGTERM, lambda signum, frame: harness.stop())
     n_run, t_start = 0, time.monotonic()
     try:

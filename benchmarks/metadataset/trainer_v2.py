@@ -108,6 +108,18 @@ class CurveRecorder(TrainerCallback):
         return control
 
 
+def limit_cpu(seconds: float) -> None:
+    """A time limit in CPU seconds (all threads), which contention does not eat into: past it the
+    run gets SIGXCPU, handled as the time limit (XLogCallback records ``timeout``); 30 s later the
+    kernel kills it (the harness then writes the stand-in record)."""
+    def on_xcpu(signum: int, frame: Any) -> None:
+        os.environ["XLOG_SIGTERM_STATUS"] = "timeout"
+        os.kill(os.getpid(), signal.SIGTERM)
+    signal.signal(signal.SIGXCPU, on_xcpu)
+    soft = int(math.ceil(cpu_seconds() + seconds))
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 30))
+
+
 def run_job(job: dict[str, Any]) -> None:
     """Train and evaluate one configuration; the record goes to ``job['store']``."""
     os.environ["XLOG_HOME"] = job["store"]
@@ -117,6 +129,8 @@ def run_job(job: dict[str, Any]) -> None:
         os.environ["XLOG_SIGTERM_STATUS"] = "interrupted"
         os.kill(os.getpid(), signal.SIGTERM)
     signal.signal(signal.SIGUSR1, stop)
+    if job.get("cpu_limit_s"):
+        limit_cpu(float(job["cpu_limit_s"]))
     cfg = job["config"]
     data = Path(job["data_dir"])
     train_df = pd.read_parquet(data / "train.parquet")
