@@ -386,6 +386,10 @@ def test_v2_race_from_one_command(curve_records, tmp_path):
     assert result["meta"]["contestants"] == names and {"expert", "optuna-tpe-pruned"} <= set(names)
     assert result["meta"]["tasks"] == ["task_3"]
     assert any(k.endswith("_within_25pct") for k in result["targets"]) == ("xsearch-es" in names)
+    # Runs are charged their CPU seconds (the default): the pool's time is the task's CPU time.
+    assert result["meta"]["charge"] == "cpu"
+    own = [r for r in recs if r["task_name"] == "task_3"]
+    assert result["per_task"]["task_3"]["grid_time_s"] == pytest.approx(sum(r["train_cpu_time_s"] for r in own))
     rt = result["runtime_estimator"]
     assert set(rt) == {"wall", "cpu"} and "CPU" in rt["cpu"]["learns"]
     assert rt["wall"]["spearman"] is not None and -1 <= rt["cpu"]["spearman"] <= 1
