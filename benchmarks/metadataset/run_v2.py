@@ -8,7 +8,7 @@ generous wall-clock limit.
   in the harness's store is skipped; an ``interrupted`` one is run again. ``search_id`` =
   ``metadataset-v2:<config hash>`` (repeat runs: ``metadataset-v2:rep<k>-<hash>#<i>``).
 - Round robin in chunks (``v2.yaml`` ``chunk``): each round gives every task (in ``order``) its
-  next 10 sampled configurations, up to ``runs_per_task``, so that a partial meta-dataset has many
+  next ``chunk`` (4) sampled configurations, up to ``runs_per_task``, so that a partial meta-dataset has many
   tasks with equal pools for leave-one-task-out evaluation.
 - Beside each record, ``<cache>/v2/curves/<record_id>.json`` holds the learning curve, the
   training CPU time (user + system, all threads), the process's CPU time (``wait4``) and the load
