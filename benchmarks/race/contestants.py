@@ -138,6 +138,11 @@ def eval_curve(rec: dict[str, Any], metric: str = "eval_f1", evals_per_epoch: in
             continue
         epoch = p.get("epoch")
         idx = int(round(float(epoch) * evals_per_epoch)) if epoch is not None else len(out) + 1
+        if out and out[-1][0] >= idx:
+            # The same point of training evaluated again (the final evaluation after a last step
+            # that was not an evaluation step): the later one stands.
+            out.pop()
+            idx = max(idx, out[-1][0] + 1) if out else idx
         out.append((idx, float(p.get("elapsed_s") or 0.0), float(p["value"])))
     return out
 
@@ -153,8 +158,12 @@ class OptunaTPE:
         self.name = name or ("optuna-tpe-pruned" if pruner else "optuna-tpe")
 
     def prepare(self, held: HeldOut, pool: TaskPool) -> None:
+        import warnings
+
         import optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Told trials of configs TPE did not suggest (add_trial, enqueue_trial) are "experimental".
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
     @staticmethod
     def _distributions(space: SearchSpace, cfg: Config) -> dict[str, Any]:
