@@ -86,18 +86,18 @@ class _Series:
     buffer fills, every other kept point is dropped and the stride doubles (so the kept points stay
     evenly spaced in logging order); the latest point is always known. O(1) per point."""
 
-    __slots__ = ("points", "stride", "seen", "last")
-    BUFFER = 2 * MAX_CURVE_POINTS
+    __slots__ = ("points", "stride", "seen", "last", "buffer")
 
-    def __init__(self) -> None:
+    def __init__(self, buffer: int = 2 * MAX_CURVE_POINTS) -> None:
         self.points: list[dict[str, Any]] = []
         self.stride, self.seen = 1, 0
         self.last: dict[str, Any] | None = None
+        self.buffer = max(int(buffer), 4)
 
     def add(self, point: dict[str, Any]) -> None:
         if self.seen % self.stride == 0:
             self.points.append(point)
-            if len(self.points) >= self.BUFFER:
+            if len(self.points) >= self.buffer:
                 self.points = self.points[::2]
                 self.stride *= 2
         self.seen += 1
@@ -183,7 +183,7 @@ class XLogCallback(TrainerCallback):
             evaluation updates it too).
 
     The record keeps the learning curve (``curve``): each evaluation's metrics and the training loss
-    at the logged steps, with step, epoch and elapsed seconds, at most ``MAX_CURVE_POINTS`` points
+    at the logged steps, with step, epoch and elapsed seconds, at most ``max_curve_points`` (200) points
     (collected in ``on_log``/``on_evaluate`` only: nothing is added to a training step). It also
     keeps the process's CPU time (``train_cpu_time_s``) and the machine's mean load
     (``hw_load_avg``). :meth:`prune` stops a run early on purpose (status ``pruned``).
@@ -203,7 +203,8 @@ class XLogCallback(TrainerCallback):
                  primary_metric: str | None = None, greater_is_better: bool | None = None,
                  energy: bool = True, country_iso_code: str | None = None, max_seq_length: int | None = None,
                  model_name: str | None = None, extra_secrets: tuple[str, ...] = (),
-                 stop_on_divergence: bool = False, heartbeat_s: float = HEARTBEAT_S):
+                 stop_on_divergence: bool = False, heartbeat_s: float = HEARTBEAT_S,
+                 max_curve_points: int = MAX_CURVE_POINTS):
         # User-given strings are public once pushed: scrubbed now (a PrivacyWarning says what
         # changed), as LocalStore.write, `xlog validate`, push and pull check them again.
         self.user = {k: scrub_user_value(k, v) for k, v in (
@@ -222,6 +223,7 @@ class XLogCallback(TrainerCallback):
         self.extra_secrets = tuple(extra_secrets)
         self.stop_on_divergence = bool(stop_on_divergence)
         self.heartbeat_s = float(heartbeat_s)
+        self.max_curve_points = max(int(max_curve_points), 2)
         self.record: dict[str, Any] | None = None
         self.record_path: Path | None = None
         self._trainer: Any = None
@@ -352,11 +354,14 @@ class XLogCallback(TrainerCallback):
                 continue
             point = {"step": step, "epoch": epoch, "elapsed_s": elapsed, "kind": kind, "name": str(name),
                      "value": S.finite_or_none(v)}
-            self._series.setdefault((kind, str(name)), _Series()).add(point)
+            series = self._series.get((kind, str(name)))
+            if series is None:
+                series = self._series[(kind, str(name))] = _Series(2 * self.max_curve_points)
+            series.add(point)
 
     def curve(self) -> list[dict[str, Any]]:
         """The learning curve so far, bounded (what the record's ``curve`` field holds)."""
-        return bounded_curve({k: s.all() for k, s in self._series.items()})
+        return bounded_curve({k: s.all() for k, s in self._series.items()}, self.max_curve_points)
 
     def prune(self, reason: str, control: Any = None) -> None:
         """Stop this run early on purpose (e.g. it cannot beat the best run so far): training stops

@@ -27,7 +27,12 @@ Prediction columns (``PREDICTION_COLUMNS``; NaN where an estimator is not fitted
 - ``p_fail``, ``p_oom``: probability of status failed / oom / timeout (resp. oom), Platt-calibrated
   on out-of-group predictions of the same inner cross-validation (boosted trees on a few hundred
   records are overconfident). Interrupted runs (stopped by a person or the machine, not by the
-  configuration) are left out.
+  configuration) are left out, and so are pruned runs (stopped early on purpose by a search's
+  early stopping: not a failure of their configuration).
+
+Pruned runs teach no target: their F1 at the stopping point is not a final value (quality learns
+from completed runs only; a partial value is not used, not even as a lower bound), and their time
+is not a full run's (runtime learns from completed runs only).
 
 The honest evaluation (grouped cross-validation, per held-out group, against baselines) is in
 ``xsearch.estimator_report``; ``grouped_cv_report``, ``format_report`` and ``grouped_folds`` are

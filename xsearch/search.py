@@ -392,8 +392,9 @@ class EvolutionarySearch:
         return _logit(observed) - _logit(mean_p)
 
     def _base_rate(self) -> float:
-        fails = sum(o.status in FAILED for o in self.results.values())
-        return (fails + 0.5) / (len(self.results) + 1.0)
+        known = [o for o in self.results.values() if o.status != "pruned"]  # pruned: neither outcome
+        fails = sum(o.status in FAILED for o in known)
+        return (fails + 0.5) / (len(known) + 1.0)
 
     def _local_failure(self, cfg: Config, prior: float) -> tuple[float, float]:
         """The failure probability updated by this task's outcomes of the same model (weight 1
@@ -571,14 +572,15 @@ class EvolutionarySearch:
 
     def stop_spec(self) -> dict[str, Any] | None:
         """The early-stopping spec for the next candidate (``StopSpec.to_dict``): None when early
-        stopping is off; without an incumbent value while fewer than ``early_stop_after``
-        candidates have finished or none completed (the curve is recorded, nothing is stopped)."""
+        stopping is off; without an incumbent value (and with one evaluation per epoch: extra
+        evaluations cost time and nothing can be stopped) while fewer than ``early_stop_after``
+        candidates have finished or none completed."""
         s = self.settings
         if not s.early_stop:
             return None
         inc = self.incumbent
         if inc is None or len(self.results) < s.early_stop_after:
-            return StopSpec(None, evals_per_epoch=s.evals_per_epoch).to_dict()
+            return StopSpec(None, evals_per_epoch=1).to_dict()
         model = self.curve_model.to_dict() if self.curve_model is not None and self.curve_model.is_fitted else None
         return StopSpec(float(inc.quality), model=model, evals_per_epoch=s.evals_per_epoch,  # type: ignore[arg-type]
                         extra={"incumbent_record_id": inc.record_id}).to_dict()
