@@ -189,7 +189,8 @@ class Harness:
                "model_spec": self.space.model_spec(cfg["model_name"]), "seed": 0, "energy": True,
                "memory_limit_bytes": int(self.memory_limit_gb * 2**30), "data_dir": str(task_dir),
                "store": str(self.store.root), "output_dir": str(cand / "trainer"), "curve_path": str(curve_path),
-               "evals_per_epoch": int(self.settings.get("evals_per_epoch", 4)), "cpu_limit_s": self.cpu_limit_s}
+               "evals_per_epoch": int(self.settings.get("evals_per_epoch", 4)), "cpu_limit_s": self.cpu_limit_s,
+               "torch_threads": self.settings.get("torch_threads")}
         job_path, log_path = cand / "job.json", cand / "worker.log"
         job_path.write_text(json.dumps(job), encoding="utf-8")
         started = datetime.now(timezone.utc)
