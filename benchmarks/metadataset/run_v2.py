@@ -233,7 +233,8 @@ class Harness:
             self.store.write(rec)
         side = json.loads(curve_path.read_text(encoding="utf-8")) if curve_path.is_file() else {"record_id": record_id}
         side.update(process_cpu_time_s=round(usage.ru_utime + usage.ru_stime, 3), process_wall_s=round(wall, 3),
-                    exit_code=code, task_name=task, search_id=search_id)
+                    exit_code=code, task_name=task, search_id=search_id,
+                    torch_threads=self.settings.get("torch_threads") or os.cpu_count())
         trainer_v2.write_json_atomic(curve_path, side)
         return rec
 
