@@ -1,7 +1,8 @@
 """The search race: leave-one-task-out with the replay evaluator, on every data set in one run.
 
-Data sets (default: the meta-dataset and the shipped XAutoLM AG News store): each task of a data
-set is held out in turn. Its logged runs are the candidate pool and the ground truth: a candidate
+Data sets (default: the meta-dataset, the shipped XAutoLM AG News store and the generative
+meta-dataset, whose question-answering and causal-LM tasks race as two data sets, one per kind):
+each task of a data set is held out in turn. Its logged runs are the candidate pool and the ground truth: a candidate
 is answered by its logged run, the time charged is the logged runtime, a failed/oom/timeout run
 costs its logged runtime (or an imputed one, see xsearch.replay) and is an error. The budget is
 simulated seconds: ``--budget-fraction`` x the time the task's whole pool took, failures included.
@@ -42,6 +43,8 @@ from race.pool import HeldOut, TaskPool, Trace, hold_out, load_records  # noqa: 
 
 DATA = REPO / "benchmarks" / "data" / "metadataset_v1.parquet"
 SPACE = REPO / "benchmarks" / "metadataset" / "space.yaml"
+GENERATIVE = REPO / "benchmarks" / "data" / "metadataset_generative.parquet"
+GEN_SPACE = REPO / "benchmarks" / "metadataset" / "gen_space.yaml"
 EXTERNAL = REPO / "benchmarks" / "data" / "xautolm_dev" / "experience_store"
 DATA_V2 = REPO / "benchmarks" / "data" / "metadataset_v2.parquet"
 SPACE_V2 = REPO / "benchmarks" / "metadataset" / "space_v2.yaml"
@@ -235,7 +238,20 @@ def merge_same_tasks(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return records
 
 
-DATASETS = [(DATA, str(SPACE)), (EXTERNAL, "auto")]
+DATASETS = [(DATA, str(SPACE)), (EXTERNAL, "auto"), (GENERATIVE, str(GEN_SPACE))]
+
+
+def tasks_by_kind(records: list[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """The data set's task names per task kind (the most common task_type of each task's records)."""
+    from collections import Counter
+    seen: dict[str, Counter] = {}
+    for r in records:
+        if r.get("task_name") is not None:
+            seen.setdefault(str(r["task_name"]), Counter())[str(r.get("task_type") or "?")] += 1
+    out: dict[str, list[str]] = {}
+    for task, kinds in sorted(seen.items()):
+        out.setdefault(kinds.most_common(1)[0][0], []).append(task)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -243,7 +259,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--data", action="append", default=None,
                     help="a record Parquet file, a folder of AutoGOAL/XAutoLM JSON experiences, or 'constructed' "
                          "(the hard constructed store settings are chosen on); repeat for several data sets "
-                         "(default: the meta-dataset and the shipped XAutoLM AG News store)")
+                         "(default: the meta-dataset, the shipped XAutoLM AG News store and the generative "
+                         "meta-dataset, where it has been exported)")
     ap.add_argument("--space", action="append", default=None,
                     help="the space of each --data, in order: a space file, or 'auto' for every logged value "
                          "of the record decisions (default: the meta-dataset's space.yaml for it, else auto)")
@@ -271,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from xsearch.space import SearchSpace
     t0 = time.perf_counter()
-    datas = args.data or [str(d) for d, _ in DATASETS]
+    datas = args.data or [str(d) for d, _ in DATASETS if Path(d).exists()]
     spaces = args.space or [next((s for d, s in DATASETS if str(d) == x), "auto") for x in datas]
     if len(spaces) != len(datas):
         ap.error(f"give one --space per --data ({len(datas)} data sets, {len(spaces)} spaces)")
@@ -286,13 +303,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
+    runs = []
     for label, d, recs, space, sp in loaded:
-        extra = [] if args.no_cross_experience else [r for lb, _, rs, _, _ in loaded if lb != label for r in rs]
-        mine = None if tasks is None else [t for t in tasks if any(r.get("task_name") == t for r in recs)]
+        kinds = tasks_by_kind(recs)
+        # A data set of several task kinds (the generative one: question answering and causal LM)
+        # races each kind on its own: one task of the kind is held out at a time, and the summary
+        # of a kind is never pooled with another kind's (F1 regret beside loss regret).
+        for kind, kind_tasks in kinds.items():
+            runs.append((label if len(kinds) == 1 else f"{label}_{kind}", d, recs, space, sp, kind_tasks))
+    for label, d, recs, space, sp, kind_tasks in runs:
+        extra = [] if args.no_cross_experience else [r for _, d2, rs, _, _ in loaded if d2 != d for r in rs]
+        mine = kind_tasks if tasks is None else [t for t in tasks if t in kind_tasks]
         if mine == []:
             continue
-        print(f"\n== {label}: {len(recs)} records from {d} (+{len(extra)} of other data sets as experience); "
-              f"{args.seeds} seeds; budget = {args.budget_fraction:g} x grid time", flush=True)
+        print(f"\n== {label}: {len(recs)} records from {d} ({len(mine)} tasks held out in turn; +{len(extra)} "
+              f"records of other data sets as experience); {args.seeds} seeds; budget = {args.budget_fraction:g} "
+              "x grid time", flush=True)
         t1 = time.perf_counter()
         result, _ = run_race(recs, space, seeds=args.seeds, budget_fraction=args.budget_fraction, tasks=mine,
                              min_pool=args.min_pool, contestants=default_contestants(args.ablations), progress=True,

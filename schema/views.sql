@@ -1,7 +1,9 @@
 -- Helper views over `experiences` (one row per run, all schema versions, unique by record_id).
--- xsearch.db creates `experiences` from the Parquet files, then runs this file.
+-- xsearch.db creates `experiences` (with the source_* provenance columns) and `conflicts` from the
+-- Parquet files, then runs this file.
 -- A "task" is (task_name, outcome_primary_metric): runs are only compared on the same metric.
--- Quality is oriented so that higher is better (outcome_greater_is_better = false flips it).
+-- Quality is oriented so that higher is better: outcome_greater_is_better = false flips it, and so
+-- does a primary metric named as a loss, perplexity or error rate (records without a direction).
 
 -- metric(outcome_metrics, 'eval_f1'): one metric's value from the list of (name, value) structs.
 CREATE OR REPLACE MACRO metric(metrics, metric_name) AS
@@ -10,7 +12,10 @@ CREATE OR REPLACE MACRO metric(metrics, metric_name) AS
 -- Completed runs with a primary metric, with an oriented quality score.
 CREATE OR REPLACE VIEW completed_runs AS
 SELECT *,
-       CASE WHEN outcome_greater_is_better IS FALSE THEN -outcome_primary_value
+       CASE WHEN outcome_greater_is_better IS FALSE
+                 OR (outcome_greater_is_better IS NULL AND regexp_matches(lower(outcome_primary_metric),
+                     '(^|[_./-])(loss|perplexity|ppl|nll|error|err|wer|cer|mse|mae|rmse)([_./-]|$)'))
+            THEN -outcome_primary_value
             ELSE outcome_primary_value END AS quality
 FROM experiences
 WHERE status = 'completed' AND outcome_primary_value IS NOT NULL;
@@ -85,3 +90,17 @@ SELECT record_id, task_name, search_id, model_name, ft_method, status, outcome_p
        p.step, p.epoch, p.elapsed_s, p.kind, p.name, p.value,
        CASE WHEN train_max_steps > 0 THEN p.step / train_max_steps END AS fraction
 FROM (SELECT *, unnest(curve) AS p FROM experiences WHERE curve IS NOT NULL);
+
+-- Where each record came from: the local store (source_remote = 'local') or a pulled remote, the
+-- file (its path on the remote), and the commit and pull request that added it, where known.
+-- A maintainer drops one contributor's files with `xsearch sql --exclude-source PATTERN`.
+CREATE OR REPLACE VIEW provenance AS
+SELECT record_id, source_remote, source_file, source_commit, source_pr, source_date, contributor
+FROM experiences;
+
+-- Records per source file: how much each file (each contributor's push) brings.
+CREATE OR REPLACE VIEW sources AS
+SELECT source_remote, source_file, any_value(source_commit) AS source_commit, any_value(source_pr) AS source_pr,
+       any_value(source_date) AS source_date, count(*) AS n_records
+FROM experiences
+GROUP BY source_remote, source_file;

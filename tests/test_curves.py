@@ -307,3 +307,129 @@ def test_cli_no_early_stop_is_recorded_in_the_manifest(tmp_path):
     (r,) = LocalStore(tmp_path / "home").records()
     assert r["status"] == "completed"
     assert [p["step"] for p in r["curve"] if p["name"] == "eval_f1"] == [r["train_max_steps"]]  # per epoch only
+
+
+def test_curves_and_pruned_records_pass_a_readers_intake_and_compaction(searches, tmp_path):
+    """The records of the real search above (one pruned, all with curves), published one file each
+    to a directory remote: a fresh reader's intake (schema, bounds, strings, content hash) accepts
+    them all, and after compaction another fresh reader gets the same records, curves intact."""
+    from xlog.compact import compact
+    from xlog.intake import content_hashes
+    from xlog.remotes import layout as L
+    from xlog.remotes import open_remote
+    from xlog.remotes.sync import pull
+    from xsearch import db
+    root, space, store, on, off = searches
+    recs = {r["record_id"]: r for r in store.records()}
+    assert {r["status"] for r in recs.values()} == {"completed", "pruned"} and all(r["curve"] for r in recs.values())
+    shared = tmp_path / "shared"
+    for r in recs.values():  # as separate pushes would leave them: one small file per record
+        for p, (data, _) in L.plan_files([r]).items():
+            (shared / p).parent.mkdir(parents=True, exist_ok=True)
+            (shared / p).write_bytes(data)
+
+    def read(home: Path) -> dict[str, dict]:
+        got = pull(open_remote(str(shared)), LocalStore(home), progress=False)
+        assert got.quarantined == [] and got.conflicts == 0 and got.new_records == len(recs), got
+        rows = db.query("SELECT * FROM experiences", home).to_pylist()
+        assert sorted(r["record_id"] for r in rows) == sorted(recs)
+        return {r["record_id"]: r for r in rows}
+
+    def pairs() -> set:
+        import pyarrow.parquet as pq
+        out = set()
+        for p in shared.rglob("*.parquet"):
+            t = pq.read_table(p)
+            out.update(zip(t.column("record_id").to_pylist(), content_hashes(t)))
+        return out
+
+    before = pairs()
+    first = read(tmp_path / "reader1")
+    for rid, r in recs.items():
+        assert first[rid]["status"] == r["status"] and [dict(p) for p in first[rid]["curve"]] == r["curve"]
+    plan = compact(open_remote(str(shared)), tmp_path / "maint", apply=True)
+    assert plan.applied and plan.files_replaced == len(recs) and len(list(shared.rglob("*.parquet"))) < len(recs)
+    assert pairs() == before  # same records, same content (the curve is part of the content hash)
+    second = read(tmp_path / "reader2")
+    for rid, r in recs.items():
+        assert second[rid]["status"] == r["status"] and [dict(p) for p in second[rid]["curve"]] == r["curve"]
+    n = db.query("SELECT count(*) AS n FROM curves WHERE status = 'pruned'", tmp_path / "reader2").to_pylist()
+    assert n[0]["n"] == sum(len(r["curve"]) for r in recs.values() if r["status"] == "pruned") > 0
+
+
+# ---- the signed quality: early stopping of a loss (lower is better) ----------------------------------
+def test_stopping_a_loss_curve_works_on_the_signed_value():
+    # eval_loss 2.0 -> 1.6, flat at 1.6 from half-way; the incumbent's loss is 0.5 (signed -0.5).
+    loss = [{"step": s, "kind": "eval", "name": "eval_loss", "value": v, "elapsed_s": float(s)}
+            for s, v in zip(range(10, 61, 10), [2.0, 1.8, 1.65, 1.61, 1.6, 1.6])]
+    series = eval_series(loss, "eval_loss", 100, greater_is_better=False)
+    assert [round(v, 2) for _, v, _, _ in series] == [-2.0, -1.8, -1.65, -1.61, -1.6, -1.6]
+    doomed = StopSpec(incumbent=-0.5, metric="eval_loss", greater_is_better=False)
+    why = should_stop(doomed, series)
+    assert why and "eval_loss so far 1.6000" in why and "incumbent's 0.5000" in why  # shown as logged
+    # A worse incumbent (loss 3.0) is beaten already: go on; read as greater-is-better it would stop.
+    assert should_stop(StopSpec(incumbent=-3.0, metric="eval_loss", greater_is_better=False), series) is None
+    assert should_stop(StopSpec(incumbent=3.0, metric="eval_loss"), eval_series(loss, "eval_loss", 100)) is not None
+    # The learned model predicts the signed final loss: curves that end 0.2 lower than at half-way.
+    rng = random.Random(1)
+    recs = []
+    for _ in range(20):
+        final = rng.uniform(0.5, 2.0)
+        curve = [{"step": s, "kind": "eval", "name": "eval_loss", "value": final + 0.2 * (1 - s / 100) / 0.5
+                  + rng.gauss(0, 0.005)} for s in range(10, 100, 10)]
+        curve.append({"step": 100, "kind": "eval", "name": "eval_loss", "value": final})
+        recs.append({"status": "completed", "train_max_steps": 100, "curve": curve})
+    model = CurveModel("eval_loss", greater_is_better=False).fit(recs)
+    mu, sd, n = model.predict(0.5, -1.6)
+    assert mu == pytest.approx(-1.4, abs=0.05) and n == 20
+    assert CurveModel.from_dict(model.to_dict()).greater_is_better is False
+    # 1.4 +- a little cannot reach a loss of 1.0; it can reach 1.45.
+    spec = dict(metric="eval_loss", greater_is_better=False, model=model.to_dict())
+    assert should_stop(StopSpec(incumbent=-1.0, **spec), series[:5]) is not None
+    assert should_stop(StopSpec(incumbent=-1.45, **spec), series[:5]) is None
+
+
+def test_a_causal_lm_search_asks_to_stop_on_its_signed_loss():
+    from xsearch.search import EvolutionarySearch, SearchSettings
+    from xsearch.space import SearchSpace
+    from xsearch.evaluator import Outcome
+    space = SearchSpace.load(None, "causal-lm")
+    search = EvolutionarySearch(space, SearchSettings(budget_s=100, early_stop_after=1))
+    assert StopSpec.from_dict(search.stop_spec()).incumbent is None
+    rec = {"status": "completed", "task_type": "causal-lm", "outcome_primary_metric": "eval_loss",
+           "outcome_primary_value": 1.25, "outcome_metrics": {"eval_loss": 1.25}}
+    cfg = space.sample(space.uniform(), random.Random(0))
+    search.tell(cfg, Outcome.from_record(rec, cfg))
+    spec = StopSpec.from_dict(search.stop_spec())
+    assert (spec.metric, spec.greater_is_better, spec.incumbent) == ("eval_loss", False, -1.25)
+
+
+def test_the_worker_prunes_a_causal_lm_candidate_whose_loss_cannot_win(tmp_path, monkeypatch):
+    """A real tiny causal-LM fine-tuning through the worker with a stop spec whose incumbent's loss
+    (0.01) it cannot reach: evaluated 4 times per epoch and pruned on its signed loss."""
+    import os
+    import pandas as pd
+    from xsearch import worker
+    from xsearch.tasks import get_task_kind
+    for var in ("XLOG_HOME", "XLOG_SIGTERM_STATUS", "XLOG_ENERGY"):  # worker.run sets them: restored after
+        monkeypatch.setenv(var, os.environ.get(var, ""))
+    rng = random.Random(0)
+    words = "red green blue cat dog bird sun moon".split()
+    pd.DataFrame({"prompt": [f"Say {rng.choice(words)} {rng.choice(words)}" for _ in range(64)],
+                  "response": [rng.choice(words) for _ in range(64)]}).to_parquet(tmp_path / "inst.parquet")
+    kind = get_task_kind("causal-lm")
+    kind.load(tmp_path / "inst.parquet", {}, max_eval=16).save(tmp_path / "task")
+    cfg = dict(model_name="tiny:gpt2-1x32", ft_method="full", train_learning_rate=1e-3, train_epochs=2,
+               train_batch_size=8, train_max_seq_length=24)
+    stop = StopSpec(incumbent=-0.01, metric="eval_loss", greater_is_better=False)
+    job = {"config": cfg, "search_id": "es-clm", "task_name": "toy", "record_id": S.new_record_id(),
+           "task_type": kind.name, "model_spec": {}, "method_spec": {}, "seed": 0, "energy": False,
+           "data_dir": str(tmp_path / "task"), "store": str(tmp_path / "store"),
+           "output_dir": str(tmp_path / "trainer"), "early_stop": stop.to_dict()}
+    out = worker.run(job)
+    (r,) = LocalStore(tmp_path / "store").records()
+    assert out["status"] == r["status"] == "pruned" and S.validate_record(r) == []
+    losses = [p for p in r["curve"] if p["kind"] == "eval" and p["name"] == "eval_loss"]
+    assert len(losses) >= 3 and r["outcome_steps_completed"] < r["train_max_steps"]  # several per epoch
+    assert "eval_loss" in r["error_message"] and "0.0100" in r["error_message"]
+    assert out["quality"] == pytest.approx(-r["outcome_primary_value"])  # signed

@@ -211,6 +211,41 @@ def test_loss_only_store_negates_quality():
     assert est.quality_sd_source_ == "target-spread" and est.quality_sd_ == pytest.approx(float(np.std(y.dropna())))
 
 
+def test_quality_is_learned_per_metric_family_and_never_mixes_them(experiences, tmp_path, monkeypatch):
+    from xsearch.errors import XSearchError
+    from xsearch.estimators import MixedMetricFamilies, quality_direction, quality_family
+    # Asking for an F1 and a loss at once is refused, with what to do instead.
+    for mixed in (["f1", "loss"], "eval_f1,eval_loss", ("accuracy", "f1")):
+        with pytest.raises(MixedMetricFamilies, match="per metric family") as err:
+            Estimators(quality_metric=mixed)
+        assert isinstance(err.value, XSearchError)
+    with pytest.raises(MixedMetricFamilies):
+        grouped_cv_report(experiences, quality_metric="f1+loss")
+    assert quality_family(["eval_f1", "f1"]) == "f1"  # one family, two spellings
+    monkeypatch.setenv("XLOG_HOME", str(tmp_path / "home"))
+    res = CliRunner().invoke(xsearch_main, ["estimators", "--quality-metric", "f1,loss"])
+    assert res.exit_code == 2 and "per metric family" in res.output and "Traceback" not in res.output
+    # The loss family of the mixed store: only the causal-LM runs teach it, lowest loss best.
+    est = Estimators(quality_metric="eval_loss").fit(experiences)
+    assert est.quality_metric == "loss" and est.quality_sign == -1.0 and est.skipped_families_ == {}  # all log a loss
+    y = est.targets(experiences)["quality"]
+    lm = (experiences["task_name"] == "lm_corpus") & (experiences["status"] == "completed")
+    # Every completed run that logged an eval_loss teaches it (ranked within its own task).
+    has_loss = (experiences["status"] == "completed") & experiences["outcome_metrics"].map(
+        lambda m: any((x["name"] if isinstance(x, dict) else x[0]) == "eval_loss" for x in (m if m is not None else [])))
+    assert y.notna().equals(has_loss)
+    loss = pd.to_numeric(experiences["outcome_primary_value"], errors="coerce")
+    assert spearmanr(y[lm & y.notna()], loss[lm & y.notna()]).statistic == pytest.approx(-1.0)
+    # The F1 estimators skip the loss-scored runs and say so.
+    f1 = Estimators().fit(experiences)
+    assert f1.quality_metric == "f1" and f1.skipped_families_ == {"loss": int(lm.sum())}
+    assert f1.describe()["quality_skipped_families"] == {"loss": int(lm.sum())}
+    # A perplexity (or loss) is lower-is-better by its name, whatever old records said.
+    ppl = records_frame([{"status": "completed", "outcome_primary_metric": "eval_perplexity",
+                          "outcome_primary_value": v, "outcome_greater_is_better": True} for v in (3.0, 9.0)])
+    assert quality_direction(ppl, "perplexity") == -1.0
+
+
 def test_relative_quality_within_groups():
     v = pd.Series([0.9, 0.8, 0.7, 0.1, 0.2, np.nan, 0.5, 0.5])
     g = pd.Series(["a", "a", "a", "b", "b", "b", "c", "d"])

@@ -275,7 +275,8 @@ def test_newer_record_variant_successful_lora(tmp_path):
     assert r["status"] == "completed" and r["ft_method"] == "lora" and r["model_name"] == "gpt2-xl"
     assert r["outcome_primary_metric"] == "f1" and r["outcome_primary_value"] == 0.875
     assert r["outcome_total_runtime_s"] == 812.5
-    assert r["outcome_metrics"] == {"f1": 0.875, "time_train_mean_seconds": 790.0}
+    assert r["outcome_metrics"] == {"f1": 0.875}  # a phase time is a runtime, not a quality metric
+    assert r["outcome_train_runtime_s"] == 790.0
     assert (r["peft_lora_r"], r["peft_lora_alpha"], r["peft_lora_dropout"]) == \
         (hp["lora_r"], hp["lora_alpha"], hp["lora_dropout"])
     assert r["task_n_train"] == 120000 and r["task_landmarker_score"] == src["dataset_features"][9]
@@ -297,9 +298,10 @@ def test_generative_extractor_and_older_system_layout(tmp_path):
     summary = import_autogoal(tmp_path / "store", store, task_name_from_alias=False)
     assert summary.imported == 2
     first, second = store.records()
-    assert first["task_type"] == "text-generation" and first["task_name"] is None
+    assert first["task_type"] == "question-answering" and first["task_name"] is None
     assert (first["task_n_train"], first["task_chars_mean"], first["task_chars_std"]) == (5000, 812.0, 203.0)
     assert first["task_chars_cv"] == pytest.approx(203.0 / 812.0)
+    assert (first["task_answer_chars_mean"], first["task_answer_chars_std"]) == (120.0, 40.0)
     assert first["task_n_classes"] is None and first["task_type_token_ratio"] is None
     # older layout: [physical cores, RAM GiB, GPU count, total GPU GiB, GiB per GPU]
     assert first["hw_gpu_count"] == 2 and first["hw_accelerator"] == "cuda"
@@ -577,7 +579,7 @@ def test_generative_task_records_get_objective_and_facts(tmp_path):
     assert (gpt2["model_kind"], gpt2["model_objective"], gpt2["model_architecture"]) == \
         ("decoder", "causal-lm", "GPT2LMHeadModel")
     assert (gpt2["model_n_params"], gpt2["model_max_positions"]) == (124_439_808, 1024)
-    assert gpt2["status"] == "completed" and gpt2["ft_method"] == "partial" and gpt2["task_type"] == "text-generation"
+    assert gpt2["status"] == "completed" and gpt2["ft_method"] == "partial" and gpt2["task_type"] == "question-answering"
     assert (t5["model_kind"], t5["model_objective"], t5["model_architecture"]) == \
         ("encoder-decoder", "seq2seq-lm", "T5ForConditionalGeneration")
     assert (t5["model_n_layers"], t5["model_n_params"]) == (48, 737_668_096)
@@ -612,3 +614,60 @@ def test_runtime_from_error_message(tmp_path, message, seconds):
     (d / "00_10_00-0001.json").write_text(json.dumps(rec2), encoding="utf-8")
     import_autogoal(tmp_path / "store", store)
     assert {x["outcome_total_runtime_s"] for x in store.records()} == {seconds, 4321.5}
+
+
+def test_drop_records_are_question_answering(tmp_path):
+    """XAutoLM's DROP records: QA typed, scores kept as fractions, phase times as runtimes, and a
+    failure (only an infinite F1 in a list of {name, maximize, value}) as a failed record."""
+    store = LocalStore(tmp_path / "home")
+    summary = import_autogoal(DROP, store)
+    assert summary.warnings == []  # DROP logs fractions: nothing rescaled
+    recs = {r["model_name"]: r for r in store.records()}
+    for r in recs.values():
+        assert r["task_type"] == "question-answering" and r["task_name"] == "drop"
+    _, src = _source("02_09_45")
+    metrics = {m["name"]: m["value"] for m in src["metrics"]}
+    gpt2 = recs["gpt2"]
+    assert gpt2["outcome_primary_metric"] == "f1" and gpt2["outcome_greater_is_better"] is True
+    assert gpt2["outcome_primary_value"] == metrics["f1"]
+    assert gpt2["outcome_metrics"] == {"f1": metrics["f1"], "exact_match": metrics["exact_match"]}
+    assert gpt2["outcome_train_runtime_s"] == metrics["time_train_mean_seconds"]
+    assert gpt2["outcome_eval_runtime_s"] == metrics["time_valid_mean_seconds"]
+    meta = src["task_features"]["meta"]
+    assert (gpt2["task_n_train"], gpt2["task_chars_mean"], gpt2["task_answer_chars_mean"]) == \
+        (int(meta[0]), meta[1], meta[4])
+    llama = recs["meta-llama/Llama-3.2-1B"]
+    assert llama["status"] == "failed" and "f1=-inf" in llama["error_message"]
+    assert llama["outcome_primary_value"] is None and llama["outcome_metrics"] is None
+
+
+def test_squad_percent_scores_are_normalised_per_task(tmp_path):
+    """The same system's SQuAD records log F1 and exact match on a 0-100 scale: every value of such a
+    task is divided by 100, also a poor run's F1 of 0.8 (0.8 %), while DROP's fractions stay."""
+    _, src = _source("02_09_45")
+
+    def squad(ts: str, f1: float, em: float) -> dict:
+        ms = [dict(m) for m in src["metrics"]]
+        for m in ms:
+            m["value"] = {"f1": f1, "exact_match": em}.get(m["name"], m["value"])
+        return dict(src, alias="squad", timestamp=ts, metrics=ms)
+    d = tmp_path / "store" / "squad" / "2025-06-01"
+    d.mkdir(parents=True)
+    for i, (f1, em) in enumerate([(86.5, 78.25), (0.8, 0.0), (42.0, 30.5)]):
+        (d / f"10_00_0{i}-{i:04d}.json").write_text(json.dumps(squad(f"2025-06-01 10:00:0{i}", f1, em)))
+    shutil.copytree(DROP, tmp_path / "store" / "drop")
+    store = LocalStore(tmp_path / "home")
+    summary = import_autogoal(tmp_path / "store", store)
+    assert summary.imported == 6 and summary.invalid == []
+    assert [w.where for w in summary.warnings] == ["squad"] and "0-100" in summary.warnings[0].reason
+    by_task: dict[str, list] = {}
+    for r in store.records():
+        by_task.setdefault(r["task_name"], []).append(r)
+    squad_f1 = sorted((r["outcome_metrics"]["f1"], r["outcome_metrics"]["exact_match"]) for r in by_task["squad"])
+    assert squad_f1 == [pytest.approx((0.008, 0.0)), pytest.approx((0.42, 0.305)), pytest.approx((0.865, 0.7825))]
+    assert all(r["outcome_primary_value"] == r["outcome_metrics"]["f1"] for r in by_task["squad"])
+    _, drop_src = _source("02_09_45")
+    drop_gpt2 = next(r for r in by_task["drop"] if r["model_name"] == "gpt2")
+    assert drop_gpt2["outcome_primary_value"] == next(m["value"] for m in drop_src["metrics"] if m["name"] == "f1")
+    for r in store.records():
+        assert S.validate_record(r) == []

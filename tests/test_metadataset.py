@@ -247,3 +247,85 @@ print(json.dumps([r1["record_id"], r1["status"], r2["record_id"], r2["status"], 
     assert sheet.startswith("# Datasheet: v1\nkept") and "meta-dataset v2" in sheet and "failed 1" in sheet
     md_export.export_v2(tmp_path / "home", out_dir, tmp_path / "cache")  # re-runnable: same section, once
     assert (out_dir / "DATASHEET.md").read_text().count("meta-dataset v2 (`") == 1
+
+
+# ---- the generative meta-dataset (run_generative.py) --------------------------------------------
+GEN_DATA = ROOT / "benchmarks" / "data" / "metadataset_generative.parquet"
+
+
+def test_generative_grid_tasks_and_section(tmp_path):
+    import export_generative as gx
+    import run_generative as gen
+    space = gen.load_space()
+    grid = gen.load_grid(space)
+    assert len({g["search_id"] for g in grid}) == len(grid) >= 6
+    assert {g["config"]["ft_method"] for g in grid} == {"lora", "partial", "full"}
+    assert gen.sample_grid(len(grid)) == [{k: v for k, v in g["config"].items() if v is not None} for g in grid]
+    specs = gen.load_tasks()
+    kinds = Counter(s["kind"] for s in specs)
+    assert kinds["question-answering"] >= 2 and kinds["causal-lm"] >= 2  # one of each kind can be held out
+    assert gen.load_space("causal-lm").task_type == "causal-lm"
+    # Tasks from files of the shared data's layout: QA blocks of consecutive rows, contexts held out
+    # whole; plain text and prompt/response causal-LM data.
+    src = pd.read_parquet(ROOT / "tests" / "fixtures" / "squad_sample" / "squad_v1_1_dev_48.parquet")
+    src.assign(split="validation").to_parquet(tmp_path / "squad.parquet")
+    pd.DataFrame({"text": [f"message number {i} about things" for i in range(40)], "label": ["a", "b"] * 20,
+                  "split": "train"}).to_parquet(tmp_path / "sms.parquet")
+    mine = [{"name": "qa", "kind": "question-answering", "file": "squad.parquet", "rows": [0, 24],
+             "max_train": 12, "max_eval": 6, "seed": 0},
+            {"name": "lm", "kind": "causal-lm", "file": "sms.parquet", "text": "text", "max_train": 20, "max_eval": 5,
+             "seed": 0},
+            {"name": "ins", "kind": "causal-lm", "file": "sms.parquet", "instruct": "Label of: {text}\nLabel:",
+             "max_train": 20, "max_eval": 5, "seed": 0}]
+    man = gen.prepare_tasks(tmp_path, tmp_path / "cache", mine)
+    qa_tr = pd.read_parquet(Path(man["qa"]["dir"]) / "train.parquet")
+    qa_ev = pd.read_parquet(Path(man["qa"]["dir"]) / "eval.parquet")
+    assert (len(qa_tr), len(qa_ev)) == (12, 6) and not set(qa_tr["context"]) & set(qa_ev["context"])
+    assert set(qa_tr["question"]) <= set(src["question"].iloc[:24])
+    assert man["lm"]["columns"] == ["text"] and {"prompt", "response"} <= set(man["ins"]["columns"])
+    ins = pd.read_parquet(Path(man["ins"]["dir"]) / "train.parquet")
+    assert ins["prompt"].str.startswith("Label of: message").all() and set(ins["response"]) <= {"a", "b"}
+    assert gen.prepare_tasks(tmp_path, tmp_path / "cache", mine) == man  # prepared once, then reused
+    # The datasheet section replaces itself and keeps the rest of the datasheet.
+    text = "# Datasheet v1\n\nbody\n"
+    once = gx.with_section(text, "## A")
+    assert once.startswith(text.rstrip("\n")) and once.count(gx.START) == 1
+    assert gx.with_section(once, "## B") == once.replace("## A", "## B")
+
+
+@pytest.mark.skipif(not GEN_DATA.is_file(), reason="no generative meta-dataset exported yet")
+def test_committed_generative_records_are_valid_and_typed():
+    import run_generative as gen
+    from xlog import schema as S
+    from xlog.privacy import find_leaks
+    table = pq.read_table(GEN_DATA)
+    assert S.validate_table(table) == []
+    recs = S.table_to_records(table)
+    kind = {s["name"]: s["kind"] for s in gen.load_tasks()}
+    space = gen.load_space()
+    by_id = {g["search_id"]: g["config"] for g in gen.load_grid(space)}
+    for r in recs:
+        assert r["task_type"] == kind[r["task_name"]] and r["search_id"] in by_id
+        assert space.config_from_record(r) == by_id[r["search_id"]]
+        if r["status"] == "completed":
+            want = ("eval_f1", True) if r["task_type"] == "question-answering" else ("eval_loss", False)
+            assert (r["outcome_primary_metric"], r["outcome_greater_is_better"]) == want
+            assert r["task_answer_tokens_mean"] is not None or r["task_type"] == "causal-lm"
+        assert not any(isinstance(v, str) and find_leaks(v) for v in r.values())
+
+
+def test_datasheet_keeps_v1_v2_and_generative_sections(tmp_path):
+    """The three exports each rewrite their own part of DATASHEET.md and keep the others."""
+    import export as md_export
+    import export_generative as gx
+    sheet = tmp_path / "DATASHEET.md"
+    md_export.write_section(sheet, "# v1 A\n", v2=False)
+    sheet.write_text(gx.with_section(sheet.read_text(), "## gen A"))
+    md_export.write_section(sheet, "## v2 A\n", v2=True)
+    md_export.write_section(sheet, "# v1 B\n", v2=False)
+    md_export.write_section(sheet, "## v2 B\n", v2=True)
+    sheet.write_text(gx.with_section(sheet.read_text(), "## gen B"))
+    text = sheet.read_text()
+    assert text.startswith("# v1 B\n") and text.count(md_export.V2_MARK) == 1 and text.count(gx.START) == 1
+    assert "## v2 B" in text and "## gen B" in text and not any(x in text for x in ("A\n", "gen A", "v2 A"))
+    assert text.index("# v1 B") < text.index(md_export.V2_MARK) < text.index(gx.START)

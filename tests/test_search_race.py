@@ -395,3 +395,73 @@ def test_v2_race_from_one_command(curve_records, tmp_path):
     assert rt["wall"]["spearman"] is not None and -1 <= rt["cpu"]["spearman"] <= 1
     saved = json.loads((tmp_path / "search_race_metadataset_v2.json").read_text())
     assert saved["meta"]["expert_recipes"][0]["source"].startswith("BERT")
+
+
+def generative_records() -> list[dict]:
+    """The constructed grid as a generative data set: tasks 0-2 causal LM (primary eval_loss, lower is
+    better, loss = 2 - the simulated F1, so the same configurations win), tasks 3-4 question answering
+    (eval_f1); each kind with meta-features of its own."""
+    out = []
+    for r in meta_records(n_tasks=5, seed=3):
+        r = dict(r)
+        t = int(r["task_name"].split("_")[1])
+        if t <= 2:
+            r.update(task_name=f"lm_{t}", task_type="causal-lm", task_n_classes=None,
+                     task_answer_tokens_mean=20.0 + t, task_prompt_tokens_mean=0.0)
+            if r["status"] == "completed":
+                loss = 2.0 - r["outcome_primary_value"]
+                r.update(outcome_primary_metric="eval_loss", outcome_primary_value=loss, outcome_greater_is_better=False,
+                         outcome_metrics={"eval_loss": loss, "eval_perplexity": math.exp(loss)})
+        else:
+            r.update(task_name=f"qa_{t}", task_type="question-answering", task_n_classes=None,
+                     task_answer_tokens_mean=4.0, task_prompt_tokens_mean=150.0 + t)
+            if r["status"] == "completed":
+                f1 = r["outcome_primary_value"]
+                r.update(outcome_metrics={"eval_f1": f1, "eval_exact_match": f1 / 2, "eval_loss": 3.0 - f1})
+        out.append(r)
+    return out
+
+
+def test_generative_tasks_race_within_their_kind(tmp_path):
+    from xsearch.estimators import records_frame
+    from xlog import schema as S
+    recs = generative_records()
+    assert search_race.tasks_by_kind(recs) == {"causal-lm": ["lm_0", "lm_1", "lm_2"],
+                                               "question-answering": ["qa_3", "qa_4"]}
+    exp = records_frame(recs)
+    # A causal-LM pool scores the signed loss: the best is the lowest loss.
+    pool = TaskPool(recs, SPACE, "lm_1")
+    losses = [r["outcome_primary_value"] for r in recs if r["task_name"] == "lm_1" and r["status"] == "completed"]
+    assert pool.best_quality == pytest.approx(-min(losses)) and pool.worst_quality == pytest.approx(-max(losses))
+    held = hold_out(exp, "lm_1")
+    knn, xs = KnnWarmStart(), Evolutionary("xsearch", warm=True, estimators=True)
+    knn.prepare(held, pool)
+    xs.prepare(held, pool)
+    # Only the other causal-LM tasks are similar; the QA tasks (F1) never are.
+    assert {n for n, _ in knn.similar} == {"lm_0", "lm_2"} == {n for n, _ in xs.similar}
+    first_task = knn.similar[0][0]
+    best = min((r for r in recs if r["task_name"] == first_task and r["status"] == "completed"),
+               key=lambda r: r["outcome_primary_value"])  # the lowest loss comes first
+    assert config_key(knn.first[0]) == config_key(SPACE.config_from_record(best))
+    assert xs.predictions is not None and xs.predictions["quality"].notna().all()
+    # The estimators learn quality on the held-out task's own metric family: the loss.
+    from race.contestants import objective
+    assert objective(pool) == ("eval_loss", False) and objective(TaskPool(recs, SPACE, "qa_3")) == ("eval_f1", True)
+    assert "lm_1" not in xs.fitted_on
+    # TPE runs on losses (negative signed values) without treating a failure as the best value.
+    tr = OptunaTPE().run(pool, budget_s=pool.grid_time_s, seed=0)
+    assert tr.steps and all(s.quality is None or s.quality < 0 for s in tr.steps)
+
+    # End to end: one results file per kind.
+    import pyarrow.parquet as pq
+    import yaml
+    path, space = tmp_path / "gen.parquet", tmp_path / "space.yaml"
+    pq.write_table(S.records_to_table(recs), path)
+    space.write_text(yaml.safe_dump(SPACE.to_dict()), encoding="utf-8")
+    results = search_race.main(["--data", str(path), "--space", str(space), "--seeds", "1", "--tasks", "lm_1,qa_4",
+                                "--out-dir", str(tmp_path / "out")])
+    assert set(results) == {"gen_causal-lm", "gen_question-answering"}
+    assert results["gen_causal-lm"]["meta"]["tasks"] == ["lm_1"]
+    assert results["gen_question-answering"]["meta"]["tasks"] == ["qa_4"]
+    assert (tmp_path / "out" / "search_race_gen_causal-lm.json").is_file()
+

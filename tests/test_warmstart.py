@@ -48,11 +48,52 @@ def test_own_task_is_excluded_and_a_twin_is_fully_similar(experiences):
     assert best == "small_task_02" and sim == pytest.approx(1.0)
 
 
-def test_task_type_mismatch_lowers_similarity(experiences):
+def test_tasks_of_another_kind_are_never_similar(experiences):
     feats = stores.new_task_features(small=True)
-    same = dict(similar_tasks(experiences, feats, k=6))
-    other = dict(similar_tasks(experiences, dict(feats, task_type="causal-lm"), k=6))
-    assert all(other[n] < same[n] for n in same)
+    assert len(similar_tasks(experiences, feats, k=6)) == 6  # text classification, like the store
+    assert similar_tasks(experiences, dict(feats, task_type="causal-lm"), k=6) == []
+    assert warm_start(PRIOR, experiences, dict(feats, task_type="question-answering")) == PRIOR
+    # Spellings of one kind are one kind; a new task without a type compares with every task.
+    assert len(similar_tasks(experiences, dict(feats, task_type="Text_Classification"), k=6)) == 6
+    assert len(similar_tasks(experiences, dict(feats, task_type=None), k=6)) == 6
+
+
+def _generative_store() -> pd.DataFrame:
+    """Two QA tasks (F1: full fine-tuning best) and two causal-LM tasks (eval loss: LoRA best, full
+    worst), with generative meta-features of their kind."""
+    rows = []
+    for t, (kind, metric, gib) in enumerate([("question-answering", "eval_f1", True)] * 2
+                                            + [("causal-lm", "eval_loss", False)] * 2):
+        for i, (method, good) in enumerate([("full", 3), ("partial", 2), ("lora", 1)] * 3):
+            value = 0.2 + 0.2 * good + 0.01 * i if kind == "question-answering" else 1.0 + 0.5 * good + 0.01 * i
+            rows.append({"task_name": f"{kind}_{t}", "task_type": kind, "status": "completed",
+                         "ft_method": method, "outcome_primary_metric": metric, "outcome_primary_value": value,
+                         "outcome_greater_is_better": gib, "task_n_train": 96 + t,
+                         "task_answer_tokens_mean": 4.0 if kind == "question-answering" else 30.0 + t,
+                         "task_prompt_tokens_mean": 180.0 if kind == "question-answering" else 12.0})
+    return records_frame(rows)
+
+
+def test_losses_pull_towards_the_lowest_loss_and_f1_tasks_stay_out():
+    exp = _generative_store()
+    lm = {"task_type": "causal-lm", "task_n_train": 100, "task_answer_tokens_mean": 31.0, "task_prompt_tokens_mean": 12.0}
+    assert {n for n, _ in similar_tasks(exp, lm, k=5)} == {"causal-lm_2", "causal-lm_3"}
+    new = warm_start({"ft_method": METHODS}, exp, lm, k=5)["ft_method"]
+    assert new["lora"] > 1 / 3 > new["full"]  # lowest loss pulls hardest
+    qa = dict(lm, task_type="question-answering", task_answer_tokens_mean=4.0, task_prompt_tokens_mean=180.0)
+    new = warm_start({"ft_method": METHODS}, exp, qa, k=5)["ft_method"]
+    assert new["full"] > 1 / 3 > new["lora"]  # highest F1 pulls hardest
+    # Records without a direction: a loss is still lower-is-better by its name.
+    no_dir = exp.assign(outcome_greater_is_better=None)
+    assert warm_start({"ft_method": METHODS}, no_dir, lm, k=5)["ft_method"]["lora"] > 1 / 3
+
+
+def test_one_task_two_metric_families_are_ranked_apart():
+    from xsearch.warmstart import _quality_rank
+    g = records_frame([{"outcome_primary_metric": m, "outcome_primary_value": v, "outcome_greater_is_better": gib}
+                       for m, v, gib in [("eval_f1", 0.9, True), ("eval_f1", 0.5, True),
+                                         ("eval_loss", 0.1, False), ("eval_loss", 3.0, None)]])
+    assert _quality_rank(g).tolist() == [1.0, 0.5, 1.0, 0.5]  # the best of each family ranks 1
 
 
 def test_warm_start_moves_towards_success_and_away_from_oom(experiences):

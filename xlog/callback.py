@@ -6,7 +6,6 @@ import functools
 import inspect
 import json
 import logging
-import math
 import os
 import re
 import signal
@@ -28,7 +27,7 @@ from .hardware import probe_hardware
 from .modelfeatures import compute_model_features
 from .privacy import scrub_text, scrub_user_value
 from .store import LocalStore
-from .taskfeatures import DEFAULT_MAX_SAMPLE, task_features_job
+from .taskfeatures import DEFAULT_MAX_SAMPLE, data_kind, task_features_job
 from .trainfeatures import compute_train_features
 
 log = logging.getLogger("xlog")
@@ -39,16 +38,6 @@ MAX_CURVE_POINTS = 200  # learning-curve points kept in a record (all metrics to
 PRUNED = "Pruned"  # error_type of a run stopped early on purpose (status pruned)
 # Logged numbers that are not learning-curve metrics (timings, throughput, the epoch counter).
 _NOT_CURVE = re.compile(r"(^epoch$|_runtime$|_per_second$|^total_flos$)")
-_score_bounds: list[tuple[re.Pattern, float, float]] = []
-
-
-def _metric_bounds() -> list[tuple[re.Pattern, float, float]]:
-    """(name pattern, minimum, maximum) of the metrics the schema bounds (scores in [0, 1])."""
-    if not _score_bounds:
-        field = next((f for f in S.fields() if f.name == "outcome_metrics"), None)
-        for pattern, lo, hi, _ in (field.key_bounds if field is not None else ()):
-            _score_bounds.append((re.compile(pattern), -math.inf if lo is None else lo, math.inf if hi is None else hi))
-    return _score_bounds
 
 
 def _now() -> datetime:
@@ -153,11 +142,27 @@ def _find_trainer() -> Any:
     return None
 
 
+_OBJECTIVE_TASKS = {"sequence-classification": "text-classification", "seq2seq-lm": "seq2seq"}
+
+
+def _infer_task_type(objective: str | None, train_dataset: Any) -> str | None:
+    """The task type when the user gave none: question answering when the data has question and
+    answer columns and the model generates (or is an extractive QA head), else from the model head."""
+    if objective in ("causal-lm", "seq2seq-lm", "question-answering") and data_kind(train_dataset):
+        return data_kind(train_dataset)
+    return _OBJECTIVE_TASKS.get(objective, objective) if objective else None
+
+
 class XLogCallback(TrainerCallback):
     """Records task, model, PEFT, hyperparameter, hardware, outcome and energy features of a
     ``transformers.Trainer`` run (successful or not) as one row in the local xlog store.
 
     Add it with one line: ``Trainer(..., callbacks=[XLogCallback()])``. Every argument is optional.
+    The same line records classification, question answering and causal-LM runs: the task type
+    comes from the model head and the data (question and answer columns: ``question-answering``),
+    and generative data gets its own meta-features (prompt, context, question and answer lengths in
+    tokens, question-context overlap; from the text columns, or from the -100 mask of the labels of
+    pre-tokenized data), never its text.
 
     Args:
         task_name, task_type, language, domain: describe the task (public, user-chosen strings:
@@ -169,7 +174,8 @@ class XLogCallback(TrainerCallback):
         text_column, label_column: dataset columns to describe (default: detected).
         max_sample: rows sampled for task meta-features (bounds their cost on large datasets).
         primary_metric: metric to report as primary (default: ``metric_for_best_model``, else F1,
-            accuracy, loss). greater_is_better: its direction (default: inferred).
+            accuracy, loss). greater_is_better: its direction (default: False for a loss, perplexity
+            or error rate, else the Trainer's ``greater_is_better``, else True).
         energy: measure energy (codecarbon offline tracker and NVML counters when available).
         country_iso_code: grid for CO2 (default: ``$XLOG_COUNTRY_ISO_CODE`` or USA).
         max_seq_length: the maximum sequence length your preprocessing uses, if the data is not
@@ -395,26 +401,12 @@ class XLogCallback(TrainerCallback):
             rec.update(status="failed", error_type=DIVERGED, error_message=scrub_text(self._diverged)[:2000])
 
     def _score_fractions(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Scores (F1, accuracy, exact match, precision, recall) are fractions in the record. An
-        obvious percentage (in (1, 100], e.g. the ``evaluate`` SQuAD metric's F1 = 88.5) is rescaled to
-        a fraction, and a value still out of bounds is left out, each with a warning, so that the
-        record stays valid and the run is kept (values within rounding error of a bound are clipped)."""
-        out = dict(metrics)
-        for name, v in metrics.items():
-            for pattern, lo, hi in _metric_bounds():
-                if not pattern.search(name) or lo <= v <= hi:
-                    continue
-                if lo - 1e-9 <= v <= hi + 1e-9:
-                    out[name] = min(max(v, lo), hi)
-                elif (lo, hi) == (0, 1) and 1 < v <= 100:
-                    out[name] = v / 100
-                    self._warn_metric(name, f"xlog: metric {name} = {v:g} looks like a percentage; "
-                                            f"recorded as the fraction {v / 100:g} (scores are fractions in [0, 1])")
-                else:
-                    del out[name]
-                    self._warn_metric(name, f"xlog: metric {name} = {v:g} is outside [{lo:g}, {hi:g}] for a score "
-                                            "and is left out of the record")
-                break
+        """Scores (F1, accuracy, exact match, precision, recall) are fractions in the record: an obvious
+        percentage is rescaled, a value still out of bounds left out, each with a warning, so that the
+        record stays valid and the run is kept (``xlog.schema.rescale_scores``)."""
+        out, notes = S.rescale_scores(metrics)
+        for name, msg in notes:
+            self._warn_metric(name, f"xlog: {msg}")
         return out
 
     def _warn_metric(self, name: str, msg: str) -> None:
@@ -480,9 +472,8 @@ class XLogCallback(TrainerCallback):
         if self.max_seq_length:
             rec["train_max_seq_length"] = int(self.max_seq_length)
         rec.update({k: v for k, v in self.user.items() if v})
-        if not rec.get("task_type") and rec.get("model_objective"):
-            rec["task_type"] = {"sequence-classification": "text-classification",
-                                "seq2seq-lm": "seq2seq"}.get(rec["model_objective"], rec["model_objective"])
+        if not rec.get("task_type"):
+            rec["task_type"] = _infer_task_type(rec.get("model_objective"), train_ds)
         try:
             import torch
             if torch.cuda.is_available():
@@ -587,15 +578,7 @@ class XLogCallback(TrainerCallback):
         if primary:
             rec["outcome_primary_metric"] = primary
             rec["outcome_primary_value"] = S.finite_or_none(metrics.get(primary))
-            gib = self.greater_is_better
-            if gib is None:
-                args = getattr(self._trainer, "args", None)
-                if args is not None and args.metric_for_best_model and getattr(args, "greater_is_better", None) is not None \
-                        and primary.endswith(args.metric_for_best_model):
-                    gib = bool(args.greater_is_better)
-                else:
-                    gib = not primary.endswith("loss")
-            rec["outcome_greater_is_better"] = gib
+            rec["outcome_greater_is_better"] = self._greater_is_better(primary)
         rec["outcome_train_loss"] = S.finite_or_none(logs.get("train_loss", logs.get("loss")))
         rt = logs.get("train_runtime")
         rec["outcome_train_runtime_s"] = S.finite_or_none(rt) if rt is not None else (
@@ -612,6 +595,21 @@ class XLogCallback(TrainerCallback):
             self._loads.append(load)
         if self._loads:
             rec["hw_load_avg"] = sum(self._loads) / len(self._loads)
+
+    def _greater_is_better(self, primary: str) -> bool:
+        """The primary metric's direction: the user's ``greater_is_better``; for a metric named as a
+        loss, perplexity or error rate, False (TrainingArguments fills ``greater_is_better = not
+        name.endswith("loss")`` itself, which would call a perplexity better when higher); else the
+        Trainer's ``greater_is_better`` for its ``metric_for_best_model``; else True."""
+        if self.greater_is_better is not None:
+            return bool(self.greater_is_better)
+        if S.lower_is_better(primary):
+            return False
+        args = getattr(self._trainer, "args", None)
+        wanted = getattr(args, "metric_for_best_model", None) if args is not None else None
+        if wanted and getattr(args, "greater_is_better", None) is not None and primary in (wanted, f"eval_{wanted}"):
+            return bool(args.greater_is_better)
+        return True
 
     def _primary_name(self, metrics: Mapping[str, float]) -> str | None:
         wanted = self.primary_metric

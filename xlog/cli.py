@@ -201,6 +201,7 @@ def schema_cmd(markdown: bool) -> None:
 from . import cli_import, cli_remote  # noqa: E402
 
 cli_remote.register(main)
+cli_remote.register_maintainer(main)
 cli_import.register(main)
 
 

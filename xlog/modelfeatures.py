@@ -71,6 +71,26 @@ def _layer_lists(model: Any) -> list[Any]:
     return [m for _, m in found]
 
 
+def _objective_of(class_name: str) -> str | None:
+    return next((obj for suffix, obj in _OBJECTIVES if class_name.endswith(suffix)), None)
+
+
+def model_objective(model: Any) -> str | None:
+    """The training objective of a model's head (``causal-lm``, ``seq2seq-lm``, ``masked-lm``,
+    ``sequence-classification``, ...): from its class name, else from ``config.architectures``
+    (a custom wrapper around a Hub model), else from the model kind (a decoder without a known
+    head generates: ``causal-lm``)."""
+    found = _objective_of(type(model).__name__)
+    config = getattr(model, "config", None)
+    if found is None and config is not None:
+        for arch in getattr(config, "architectures", None) or []:
+            found = found or _objective_of(str(arch))
+        if found is None and _model_kind(config) == "decoder" and hasattr(model, "generate") \
+                and getattr(model, "can_generate", lambda: False)():
+            found = "causal-lm"
+    return found
+
+
 def compute_model_features(model: Any, model_name: str | None = None) -> dict[str, Any]:
     """Architecture, size and fine-tuning-method features of a (possibly PEFT-wrapped) model."""
     out: dict[str, Any] = {}
@@ -98,8 +118,7 @@ def compute_model_features(model: Any, model_name: str | None = None) -> dict[st
         mp = _first_attr(tc, "max_position_embeddings", "n_positions", "n_ctx")
         out["model_max_positions"] = int(mp) if mp else None
         out["model_kind"] = _model_kind(config)
-    cls = type(base).__name__
-    out["model_objective"] = next((obj for suffix, obj in _OBJECTIVES if cls.endswith(suffix)), None)
+    out["model_objective"] = model_objective(base)
 
     adapter_names = list(getattr(outer, "peft_config", {}) or {})
     total = trainable = base_total = 0

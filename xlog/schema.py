@@ -396,6 +396,11 @@ def row_label(i: int, record_id: Any) -> str:
     return f"row {i} (record {str(record_id)[:8]})" if isinstance(record_id, str) and record_id else f"row {i}"
 
 
+def compatible_type(got: pa.DataType, want: pa.DataType) -> bool:
+    """Whether a column of Arrow type ``got`` can hold the schema's type ``want`` (older writers)."""
+    return _compatible(got, want)
+
+
 def _compatible(got: pa.DataType, want: pa.DataType) -> bool:
     if got.equals(want) or pa.types.is_null(got):
         return True
@@ -498,3 +503,66 @@ def markdown_table(version: int = CURRENT_VERSION) -> str:
         bounds = bounds_text(f).replace("|", "\\|")  # a pipe inside a table cell is escaped
         lines.append(f"| `{f.name}` | {t} | {f.unit or ''} | {bounds} | {desc.replace('|', '/')} |")
     return "\n".join(lines)
+
+
+# ---- metric conventions ---------------------------------------------------------------------
+_LOWER_IS_BETTER_RE = re.compile(r"(^|[_./-])(loss|perplexity|ppl|nll|error|err|wer|cer|mse|mae|rmse)([_./-]|$)",
+                                 re.IGNORECASE)
+
+
+def lower_is_better(metric: str | None) -> bool:
+    """Whether a metric is named as something to minimise (a loss, perplexity, error rate, ...):
+    ``eval_loss``, ``perplexity``, ``eval_wer``. Other names (F1, accuracy, BLEU, ...) are maximised."""
+    return bool(metric) and bool(_LOWER_IS_BETTER_RE.search(str(metric)))
+
+
+@lru_cache(maxsize=None)
+def score_bounds(version: int = CURRENT_VERSION) -> tuple[tuple[re.Pattern, float, float], ...]:
+    """(name pattern, minimum, maximum) of the metrics the schema bounds: scores (F1, accuracy,
+    exact match, precision, recall) are fractions in [0, 1]."""
+    field = next((f for f in fields(version) if f.name == "outcome_metrics"), None)
+    return tuple((_regex(p), -math.inf if lo is None else lo, math.inf if hi is None else hi)
+                 for p, lo, hi, _ in (field.key_bounds if field is not None else ()))
+
+
+def is_score(metric: str) -> bool:
+    """Whether the schema bounds a metric of this name to [0, 1] (F1, accuracy, exact match, ...)."""
+    return any(p.search(metric) for p, lo, hi in score_bounds() if (lo, hi) == (0, 1))
+
+
+def rescale_scores(metrics: Mapping[str, float], percent: Iterable[str] | None = None
+                   ) -> tuple[dict[str, float], list[tuple[str, str]]]:
+    """Metrics with scores made fractions, and (metric, message) notes of what changed.
+
+    Scores are fractions in the record. A metric listed in ``percent`` (known to be on a 0-100 scale,
+    e.g. decided over all records of one source task) is divided by 100; otherwise an obvious
+    percentage (a score in (1, 100], e.g. the ``evaluate`` SQuAD metric's F1 = 88.5) is. A value
+    within rounding error of a bound is clipped; a value still out of bounds is left out, so that
+    the record stays valid and the run is kept. Never assumes a value in [0, 1] is a fraction when
+    the caller knows its scale is a percentage."""
+    known = set(percent or ())
+    out = dict(metrics)
+    notes: list[tuple[str, str]] = []
+    for name, v in metrics.items():
+        if v is None:
+            continue
+        for pattern, lo, hi in score_bounds():
+            if not pattern.search(name):
+                continue
+            if name in known and (lo, hi) == (0, 1) and 0 <= v <= 100:
+                out[name] = v / 100
+                break
+            if lo <= v <= hi:
+                break
+            if lo - 1e-9 <= v <= hi + 1e-9:
+                out[name] = min(max(v, lo), hi)
+            elif (lo, hi) == (0, 1) and 1 < v <= 100:
+                out[name] = v / 100
+                notes.append((name, f"metric {name} = {v:g} looks like a percentage; recorded as the fraction "
+                                    f"{v / 100:g} (scores are fractions in [0, 1])"))
+            else:
+                del out[name]
+                notes.append((name, f"metric {name} = {v:g} is outside [{lo:g}, {hi:g}] for a score and is left "
+                                    "out of the record"))
+            break
+    return out, notes

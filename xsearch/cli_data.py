@@ -72,19 +72,32 @@ def register(main: click.Group) -> None:
                   show_default=True, metavar="SECONDS", help="Stop the query after this long.")
     @click.option("--memory-limit", default="1GB", show_default=True, metavar="SIZE",
                   help="Most memory DuckDB may use for the query (e.g. 512MB, 4GB); nothing spills to disk.")
+    @click.option("--exclude-source", "exclude_sources", multiple=True, metavar="PATTERN",
+                  help="Leave out the records of matching sources (repeatable): a glob on the file's path "
+                       "on the remote (data/v1/2025-01/*) or on the remote (local, file:///mnt/*), a commit id "
+                       "prefix (7+ characters), or pr:N. Another copy of a record can then stand.")
     def sql_cmd(sql: str, home: str | None, as_json: bool, as_csv: bool, limit: int, timeout_s: float,
-                memory_limit: str) -> None:
+                memory_limit: str, exclude_sources: tuple[str, ...]) -> None:
         """Run a read-only SQL query over the local store and everything pulled.
 
-        Views: experiences (one row per run), completed_runs, task_best, failures_by_cause,
-        failure_rates_by_model, pareto_time, pareto_energy. One SELECT (or WITH ... SELECT, or
-        EXPLAIN [ANALYZE] of one) is accepted; DuckDB may only read the store's record files.
+        Views: experiences (one row per run, with its provenance: source_remote, source_file,
+        source_commit, source_pr, source_date), completed_runs, task_best, failures_by_cause,
+        failure_rates_by_model, pareto_time, pareto_energy, provenance, sources, conflicts. One
+        SELECT (or WITH ... SELECT, or EXPLAIN [ANALYZE] of one) is accepted; DuckDB may only read
+        the store's record files.
         """
         from xsearch import db
         if as_json and as_csv:
             raise click.UsageError("--json and --csv exclude each other")
         try:
-            table = db.query(sql, home, timeout_s=timeout_s, memory_limit=memory_limit)
+            if exclude_sources:
+                con = db.connect(home, memory_limit=memory_limit, exclude_sources=exclude_sources)
+                try:
+                    table = db.query(sql, con=con, timeout_s=timeout_s)
+                finally:
+                    con.close()
+            else:
+                table = db.query(sql, home, timeout_s=timeout_s, memory_limit=memory_limit)
         except (db.ReadOnlyQueryError, db.QueryLimitError) as exc:
             raise click.ClickException(str(exc))
         except Exception as exc:  # a SQL error (unknown column, syntax): show DuckDB's message

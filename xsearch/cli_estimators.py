@@ -18,6 +18,9 @@ def register(main: click.Group) -> None:
                   help="Folds of the report; 0: one fold per group (leave one task / model out).")
     @click.option("--quality-target", type=click.Choice(["rank", "zscore", "absolute"]), default="rank",
                   show_default=True, help="How quality is made relative within a task (see docs/estimators.md).")
+    @click.option("--quality-metric", default=None, metavar="FAMILY",
+                  help="Metric family quality is learned on (e.g. f1, loss; default: the most common). "
+                       "One family only: an F1 and a loss are never mixed.")
     @click.option("--summary", is_flag=True, help="Report only the summary tables, not every held-out group.")
     @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
     @click.option("--report-out", type=click.Path(dir_okay=False), default=None, help="Also write the report JSON here.")
@@ -25,7 +28,7 @@ def register(main: click.Group) -> None:
     @click.option("--out", type=click.Path(dir_okay=False), default=None,
                   help="Where --fit saves (default: HOME/estimators/estimators.joblib; a .json sidecar goes beside it).")
     def estimators_cmd(home: str | None, report: bool, group_by: str, splits: int, quality_target: str,
-                       summary: bool, as_json: bool, report_out: str | None, do_fit: bool, out: str | None) -> None:
+                       quality_metric: str | None, summary: bool, as_json: bool, report_out: str | None, do_fit: bool, out: str | None) -> None:
         """Quality, cost and failure estimators learned from the experience store.
 
         Without --report or --fit, shows how many records each estimator can learn from. The
@@ -35,10 +38,14 @@ def register(main: click.Group) -> None:
         if splits == 1:
             raise click.BadParameter("use 0 (one fold per group) or at least 2", param_hint="--splits")
         from xsearch.estimator_report import format_report, grouped_cv_report
-        from xsearch.estimators import Estimators, default_path, load_experiences
+        from xsearch.estimators import Estimators, MixedMetricFamilies, default_path, load_experiences, quality_family
+        try:
+            quality_family(quality_metric)
+        except MixedMetricFamilies as exc:
+            raise click.BadParameter(str(exc), param_hint="--quality-metric") from None
         exp = load_experiences(home)
         if not report and not do_fit:
-            est = Estimators(quality_target=quality_target)
+            est = Estimators(quality_target=quality_target, quality_metric=quality_metric)
             counts = est.usable_rows(exp)
             click.echo(f"{len(exp)} records; usable rows per estimator (at least {est.min_rows} needed):")
             for name, n in counts.items():
@@ -49,7 +56,8 @@ def register(main: click.Group) -> None:
             reports = []
             for g in (["task_name", "model_name"] if group_by == "both" else [group_by]):
                 try:
-                    reports.append(grouped_cv_report(exp, group_by=g, n_splits=splits, quality_target=quality_target))
+                    reports.append(grouped_cv_report(exp, group_by=g, n_splits=splits, quality_target=quality_target,
+                                                     quality_metric=quality_metric))
                 except ValueError as exc:
                     raise click.ClickException(f"cannot evaluate the estimators: {exc}") from exc
             if report_out:
@@ -60,7 +68,7 @@ def register(main: click.Group) -> None:
             else:
                 click.echo("\n\n".join(format_report(r, per_group=not summary) for r in reports))
         if do_fit:
-            est = Estimators(quality_target=quality_target).fit(exp)
+            est = Estimators(quality_target=quality_target, quality_metric=quality_metric).fit(exp)
             if not est.is_fitted:
                 raise click.ClickException(f"too little experience to fit anything ({len(exp)} records; "
                                            f"each estimator needs {est.min_rows} usable rows)")

@@ -49,10 +49,23 @@ def _fmt_cfg(cfg: dict[str, Any]) -> str:
     return f"{model} " + " ".join(parts)
 
 
+def _parse_columns(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    """``--column answer=answer_text`` (repeatable) -> {"answer": "answer_text"}."""
+    out: dict[str, str] = {}
+    for v in values:
+        role, sep, name = v.partition("=")
+        if not sep or not role.strip() or not name.strip():
+            raise click.BadParameter(f"{v!r}: expected ROLE=COLUMN, e.g. answer=answer_text")
+        out[role.strip().lower()] = name.strip()
+    return out
+
+
 class ProgressView:
     """A rich live view: generation, incumbent, evaluations, skipped candidates, budget left."""
 
-    def __init__(self, console: Any) -> None:
+    def __init__(self, console: Any, task_type: str | None = None) -> None:
+        from .tasks import get_task_kind
+        self.kind = get_task_kind(task_type)
         self.console = console
         self.search: Any = None
         self.budget_s = 0.0
@@ -76,7 +89,7 @@ class ProgressView:
             t.add_row("evaluations", f"{len(s.evaluations)}  (failed {sum(1 for e in s.evaluations if e.outcome.status in ('failed', 'oom', 'timeout'))}, "
                       f"pruned {sum(1 for e in s.evaluations if e.outcome.status == 'pruned')})")
             t.add_row("skipped", ", ".join(f"{k}={v}" for k, v in s.skipped.items()) or "0")
-            t.add_row("incumbent", f"F1 {inc.quality:.4f}  {_fmt_cfg(inc.config)}" if inc else "-")
+            t.add_row("incumbent", f"{self.kind.format_metric(inc.quality)}  {_fmt_cfg(inc.config)}" if inc else "-")
             t.add_row("budget", f"{used:,.0f} s used, {left:,.0f} s left of {self.budget_s:,.0f} s"
                       + (f"; {s.used_kwh:.5f} kWh" if s.used_kwh else ""))
             if self.current:
@@ -91,6 +104,8 @@ class ProgressView:
         if kind == "status":
             self.console.print(f"[dim]{info['message']}[/dim]")
         elif kind == "begin":
+            from .tasks import get_task_kind
+            self.kind = get_task_kind(info.get("task_type"))
             self.budget_s = info["budget_s"]
             warm = "warm-started from " + ", ".join(str(s.get("task_name", s) if isinstance(s, dict) else s) for s in info["similar_tasks"][:5]) \
                 if info["warm_started"] else "zero-shot (no similar past tasks)"
@@ -100,9 +115,9 @@ class ProgressView:
         elif kind == "evaluated":
             ev = info["evaluation"]
             o = ev.outcome
-            q = f"F1 {o.quality:.4f}" if o.quality is not None else o.status
-            if o.status == "pruned":  # stopped early: its F1 is the partial one at the stop
-                q = f"pruned at {o.stopped_at or 0:.0%}" + (f" (F1 {o.quality:.4f})" if o.quality is not None else "")
+            q = self.kind.format_metric(o.quality) if o.quality is not None else o.status
+            if o.status == "pruned":  # stopped early: its value is the partial one at the stop
+                q = f"pruned at {o.stopped_at or 0:.0%}" + (f" ({q})" if o.quality is not None else "")
             src = " (from the journal)" if o.from_journal else f" in {o.wall_s:.0f} s"
             self.lines.append(f"[{'green' if o.ok else 'red'}]{q}[/]{src}  {_fmt_cfg(o.config)}")
             self.current = None
@@ -117,15 +132,23 @@ def register(main: click.Group) -> None:
     @click.option("--data", type=click.Path(exists=True), default=None,
                   help="CSV/TSV/JSON/JSONL/Parquet file or a datasets directory (default: the shipped "
                        "examples/data/sms_spam_600.parquet).")
+    @click.option("--task", "task", default=None, metavar="KIND",
+                  type=click.Choice(["text-classification", "question-answering", "causal-lm"]),
+                  help="Task kind: text-classification (default), question-answering (columns context, "
+                       "question, answer; or question/answer), causal-lm (prompt/response, or text). Picks "
+                       "the kind's default space; with --space, it must match the space's task_type.")
     @click.option("--text-column", default="text", show_default=True)
     @click.option("--label-column", default="label", show_default=True)
+    @click.option("--column", "columns", multiple=True, metavar="ROLE=COLUMN", callback=_parse_columns,
+                  help="Name the column of a role (repeatable): context, question, answer, prompt, response, "
+                       "text, label; e.g. --column answer=answer_text.")
     @click.option("--budget", default="5m", show_default=True, callback=_positive_duration,
                   help="Wall-time budget, more than 0 (e.g. 300s, 5m, 1h).")
     @click.option("--energy-budget", type=float, default=None, callback=_positive_number,
                   help="Energy budget in kWh (more than 0).")
     @click.option("--max-evals", type=click.IntRange(1), default=None, help="Maximum number of evaluations.")
     @click.option("--space", "space_path", type=click.Path(exists=True, dir_okay=False), default=None,
-                  help="Search space file (YAML/JSON; default: the shipped text-classification space).")
+                  help="Search space file (YAML/JSON; default: the shipped space of the --task kind).")
     @click.option("--out", "out_dir", default="xsearch-out", show_default=True, type=click.Path(file_okay=False),
                   help="Folder for leaderboard.csv, pareto.csv, pareto.png, best_config.py.")
     @click.option("--resume", default=None, metavar="SEARCH_ID", help="Continue a search from its records.")
@@ -135,7 +158,10 @@ def register(main: click.Group) -> None:
     @click.option("--memory-limit", type=float, default=None, metavar="GB", callback=_positive_number,
                   help="Memory cap per candidate (address space on CPU, GPU memory on CUDA).")
     @click.option("--population", type=click.IntRange(1), default=4, show_default=True, help="Candidates per generation.")
-    @click.option("--max-train", type=click.IntRange(2), default=None, help="Cap on training rows (stratified).")
+    @click.option("--max-train", type=click.IntRange(2), default=None,
+                  help="Cap on training rows (stratified for classification).")
+    @click.option("--max-eval", type=click.IntRange(1), default=None,
+                  help="Cap on validation rows (stratified for classification).")
     @click.option("--max-candidate-time", default=None, callback=_positive_duration,
                   help="Time limit per candidate, more than 0 (default: half the budget).")
     @click.option("--zero-shot", is_flag=True, help="Ignore past experience: uniform start, no estimators.")
@@ -156,14 +182,17 @@ def register(main: click.Group) -> None:
     @click.option("--no-early-stop", is_flag=True,
                   help="Run every candidate to its end: no evaluations within epochs, no pruning of candidates "
                        "whose learning curve cannot beat the best (recorded in the manifest).")
-    def run_cmd(data: str | None, text_column: str, label_column: str, budget: float, energy_budget: float | None,
+    def run_cmd(data: str | None, task: str | None, text_column: str, label_column: str, columns: dict[str, str],
+                budget: float, energy_budget: float | None,
                 max_evals: int | None, space_path: str | None, out_dir: str, resume: str | None, seed: int,
                 home: str | None, memory_limit: float | None, population: int, max_train: int | None,
+                max_eval: int | None,
                 max_candidate_time: float | None, zero_shot: bool, no_energy: bool, plain: bool, executor: str,
                 workers: int, gpus_per_candidate: float | None, cpus_per_candidate: float,
                 ray_address: str | None, slurm_partition: str | None, no_early_stop: bool) -> None:
-        """Search model x fine-tuning method x hyperparameters for a text-classification task
-        within a budget; every candidate is a real fine-tuning recorded in the store."""
+        """Search model x fine-tuning method x hyperparameters for a text-classification,
+        question-answering or causal-LM task within a budget; every candidate is a real
+        fine-tuning recorded in the store."""
         from rich.console import Console
         from rich.live import Live
 
@@ -176,7 +205,7 @@ def register(main: click.Group) -> None:
         budget_s = budget  # seconds, checked > 0 by _positive_duration
         cand_s = max_candidate_time if max_candidate_time is not None else (None if resume else budget_s / 2)
         console = Console(stderr=False)
-        view = ProgressView(console)
+        view = ProgressView(console, task)
         if plain or not console.is_terminal:
             def on_event(kind: str, info: dict[str, Any]) -> None:
                 view.event(kind, info)
@@ -191,11 +220,11 @@ def register(main: click.Group) -> None:
             if live is not None:
                 live.start()
             result, paths = run_search(
-                data=data, text_column=text_column, label_column=label_column,
+                data=data, text_column=text_column, label_column=label_column, task=task, columns=columns or None,
                 budget_s=budget_s if (not resume or budget_given) else None,
                 energy_budget_kwh=energy_budget, max_evals=max_evals, space_path=space_path, out_dir=out_dir,
                 resume=resume, seed=seed, store_root=home, memory_limit_gb=memory_limit, population=population,
-                max_train=max_train, warm=not zero_shot, use_estimators=not zero_shot, energy=not no_energy,
+                max_train=max_train, max_eval=max_eval, warm=not zero_shot, use_estimators=not zero_shot, energy=not no_energy,
                 max_candidate_s=cand_s, on_event=on_event, executor=executor, workers=workers,
                 gpus_per_candidate=gpus_per_candidate, cpus_per_candidate=cpus_per_candidate,
                 ray_address=ray_address, slurm_partition=slurm_partition, early_stop=not no_early_stop)
@@ -211,7 +240,7 @@ def register(main: click.Group) -> None:
                       f"{sum(result.skipped.values())} skipped, {result.used_s:.0f} s of {result.budget_s:.0f} s used"
                       + (f" ({result.compute_s:.0f} s of compute on {result.workers} workers)" if result.workers > 1 else ""))
         if best is not None:
-            console.print(f"best: macro F1 {best.quality:.4f}  {_fmt_cfg(best.config)}  (record {best.record_id})")
+            console.print(f"best: {view.kind.format_metric(best.quality)}  {_fmt_cfg(best.config)}  (record {best.record_id})")
         else:
             console.print("no candidate completed")
         for name, p in paths.items():

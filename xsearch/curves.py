@@ -17,6 +17,11 @@ Two ways to decide, the first that applies:
   ``min_noise``) and the curve has flattened: extrapolating its last rise (if any) to the end of
   training still leaves it that far below.
 
+All of it works on *signed* values, as the search's quality is (``xsearch.tasks``): the metric
+when greater is better, its negation otherwise (a causal LM's ``eval_loss``), so "below the
+incumbent" always means worse. ``StopSpec.greater_is_better`` / ``CurveModel.greater_is_better``
+say which; messages show the metric as logged.
+
 Never: before the first evaluation, at or after the end of training, without an incumbent
 (``StopSpec.incumbent`` None: the search tells no candidate to stop before its first few
 candidates have finished), or on a metric the curve does not hold.
@@ -48,9 +53,12 @@ def curve_points(value: Any) -> list[dict[str, Any]]:
 
 
 def eval_series(points: Iterable[Mapping[str, Any]], metric: str = OBJECTIVE,
-                max_steps: float | None = None) -> list[tuple[float, float, float | None, int]]:
-    """(fraction of training, value, elapsed seconds, step) of one evaluation metric, in step
-    order. ``fraction`` is step / ``max_steps`` (the planned steps); without it, the last step."""
+                max_steps: float | None = None,
+                greater_is_better: bool = True) -> list[tuple[float, float, float | None, int]]:
+    """(fraction of training, signed value, elapsed seconds, step) of one evaluation metric, in
+    step order. ``fraction`` is step / ``max_steps`` (the planned steps); without it, the last
+    step. The value is negated when lower is better (the search's signed quality)."""
+    sign = 1.0 if greater_is_better else -1.0
     pts = sorted((p for p in points if p.get("kind") == "eval" and p.get("name") == metric
                   and isinstance(p.get("value"), (int, float)) and math.isfinite(float(p["value"]))),
                  key=lambda p: int(p.get("step") or 0))
@@ -60,7 +68,7 @@ def eval_series(points: Iterable[Mapping[str, Any]], metric: str = OBJECTIVE,
     out = []
     for p in pts:
         el = p.get("elapsed_s")
-        out.append((min(int(p.get("step") or 0) / total, 1.0), float(p["value"]),
+        out.append((min(int(p.get("step") or 0) / total, 1.0), sign * float(p["value"]),
                     float(el) if isinstance(el, (int, float)) and math.isfinite(float(el)) else None,
                     int(p.get("step") or 0)))
     return out
@@ -78,11 +86,14 @@ class BucketFit:
 
 class CurveModel:
     """Predicts the final value of ``metric`` from its value at a fraction of training (module
-    docstring). scikit-learn's conventions: ``__init__`` stores parameters, ``fit`` learns
-    ``buckets_``; ``to_dict``/``from_dict`` carry it to a worker in the candidate's job."""
+    docstring), both signed (negated when ``greater_is_better`` is false: a loss). scikit-learn's
+    conventions: ``__init__`` stores parameters, ``fit`` learns ``buckets_``;
+    ``to_dict``/``from_dict`` carry it to a worker in the candidate's job."""
 
-    def __init__(self, metric: str = OBJECTIVE, n_buckets: int = 10, min_curves: int = 8, min_sd: float = 0.01):
+    def __init__(self, metric: str = OBJECTIVE, n_buckets: int = 10, min_curves: int = 8, min_sd: float = 0.01,
+                 greater_is_better: bool = True):
         self.metric, self.n_buckets, self.min_curves, self.min_sd = metric, int(n_buckets), int(min_curves), float(min_sd)
+        self.greater_is_better = bool(greater_is_better)
         self.buckets_: dict[int, BucketFit] = {}
         self.n_curves_ = 0
 
@@ -99,7 +110,8 @@ class CurveModel:
         for rec in rows:
             if rec.get("status") != "completed":
                 continue
-            series = eval_series(curve_points(rec.get("curve")), self.metric, _num(rec.get("train_max_steps")))
+            series = eval_series(curve_points(rec.get("curve")), self.metric, _num(rec.get("train_max_steps")),
+                                 self.greater_is_better)
             if len(series) < 2 or series[-1][0] < 0.95:
                 continue
             final = series[-1][1]
@@ -129,7 +141,8 @@ class CurveModel:
         return bool(self.buckets_)
 
     def predict(self, fraction: float, value: float) -> tuple[float, float, int] | None:
-        """(mean, sd, curves behind it) of the final value, or None where no bucket is learned."""
+        """(mean, sd, curves behind it) of the final signed value from the signed ``value`` now, or
+        None where no bucket is learned."""
         fit = self.buckets_.get(self.bucket(fraction))
         if fit is None:
             return None
@@ -138,13 +151,13 @@ class CurveModel:
 
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "n_buckets": self.n_buckets, "min_curves": self.min_curves,
-                "min_sd": self.min_sd, "n_curves": self.n_curves_,
+                "min_sd": self.min_sd, "greater_is_better": self.greater_is_better, "n_curves": self.n_curves_,
                 "buckets": {str(b): asdict(f) for b, f in sorted(self.buckets_.items())}}
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> "CurveModel":
         m = cls(doc.get("metric", OBJECTIVE), int(doc.get("n_buckets", 10)), int(doc.get("min_curves", 8)),
-                float(doc.get("min_sd", 0.01)))
+                float(doc.get("min_sd", 0.01)), bool(doc.get("greater_is_better", True)))
         m.n_curves_ = int(doc.get("n_curves", 0))
         m.buckets_ = {int(b): BucketFit(**f) for b, f in (doc.get("buckets") or {}).items()}
         return m
@@ -161,12 +174,14 @@ def _num(v: Any) -> float | None:
 @dataclass(frozen=True)
 class StopSpec:
     """What a running candidate needs to decide, at each evaluation, whether to stop (it travels
-    in the candidate's job as ``to_dict``). ``incumbent``: the value of ``metric`` to beat
-    (greater is better); None: evaluate ``evals_per_epoch`` times per epoch (the curve is
-    recorded) but never stop. ``model``: a ``CurveModel.to_dict`` (None: rules only)."""
+    in the candidate's job as ``to_dict``). ``incumbent``: the signed value of ``metric`` to beat
+    (the search's quality: the metric, negated when ``greater_is_better`` is false); None:
+    evaluate ``evals_per_epoch`` times per epoch (the curve is recorded) but never stop.
+    ``model``: a ``CurveModel.to_dict`` of the same metric and direction (None: rules only)."""
 
     incumbent: float | None = None
     metric: str = OBJECTIVE
+    greater_is_better: bool = True
     model: Mapping[str, Any] | None = None
     evals_per_epoch: int = 4
     z: float = 1.645
@@ -183,10 +198,15 @@ class StopSpec:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in (doc or {}).items() if k in known})
 
+    def shown(self, value: float) -> float:
+        """A signed value as the metric is logged (for messages)."""
+        return value if self.greater_is_better else -value
+
 
 def should_stop(spec: StopSpec, series: Sequence[tuple[float, float, Any, Any]],
                 model: CurveModel | None = None) -> str | None:
-    """Why the candidate should stop now (None: go on), from its ``eval_series`` so far."""
+    """Why the candidate should stop now (None: go on), from its ``eval_series`` so far (signed
+    values, in the direction ``spec.greater_is_better`` says)."""
     if spec.incumbent is None or not series:
         return None
     f, v = series[-1][0], series[-1][1]
@@ -199,8 +219,9 @@ def should_stop(spec: StopSpec, series: Sequence[tuple[float, float, Any, Any]],
     if learned is not None:
         mu, sd, n = learned
         if mu + spec.z * sd < inc:
-            return (f"learning curve at {f:.0%} of training: {spec.metric} {v:.4f}; predicted final "
-                    f"{mu:.4f} +- {sd:.4f} (learned from {n} curves) cannot reach the incumbent's {inc:.4f}")
+            return (f"learning curve at {f:.0%} of training: {spec.metric} {spec.shown(v):.4f}; predicted final "
+                    f"{spec.shown(mu):.4f} +- {sd:.4f} (learned from {n} curves) cannot reach the incumbent's "
+                    f"{spec.shown(inc):.4f}")
         return None
     if f < spec.min_fraction:
         return None
@@ -215,15 +236,15 @@ def should_stop(spec: StopSpec, series: Sequence[tuple[float, float, Any, Any]],
         rise = max((v - series[-2][1]) / (f - series[-2][0]), 0.0) * (1.0 - f)
     if max(best, v + rise) + spec.k * noise >= inc:
         return None  # still rising: it may get there
-    return (f"learning curve at {f:.0%} of training: best {spec.metric} so far {best:.4f}, below the incumbent's "
-            f"{inc:.4f} by more than {spec.k:g} x its noise ({noise:.4f}) and flat (rule: no learned curve model "
+    return (f"learning curve at {f:.0%} of training: best {spec.metric} so far {spec.shown(best):.4f}, worse than "
+            f"the incumbent's {spec.shown(inc):.4f} by more than {spec.k:g} x its noise ({noise:.4f}) and flat (rule: no learned curve model "
             "for this point of training yet)")
 
 
 @dataclass(frozen=True)
 class StopPoint:
     """Where a replayed candidate stops: its fraction of training, step, the time logged up to
-    that evaluation, the metric's value there, and why."""
+    that evaluation, the metric's signed value there (the search's quality), and why."""
 
     fraction: float
     step: int
@@ -238,7 +259,8 @@ def replay_stop(record: Mapping[str, Any], spec: StopSpec, model: CurveModel | N
     its end, or its record has no curve of the metric)."""
     if spec.incumbent is None:
         return None
-    series = eval_series(curve_points(record.get("curve")), spec.metric, _num(record.get("train_max_steps")))
+    series = eval_series(curve_points(record.get("curve")), spec.metric, _num(record.get("train_max_steps")),
+                         spec.greater_is_better)
     if model is None and spec.model:
         model = CurveModel.from_dict(spec.model)
     for i in range(len(series)):

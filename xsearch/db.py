@@ -4,8 +4,19 @@
 ``XLOG_HOME``: the local store (``records/``) and every pulled mirror (``remotes/*/data/``).
 ``experiences`` reads them all with ``union_by_name`` (older schema versions lack columns, newer
 ones may add some), always has at least the current schema's columns (an empty store gives zero
-rows with those columns), and keeps one row per ``record_id`` (a local copy wins over a pulled
-one; duplicates are found once, at connect). The helper views come from ``schema/views.sql``.
+rows with those columns), and keeps one row per ``record_id``, chosen as a reader must (the
+issue of trust): a local copy (your own record) wins over a pulled one; among pulled copies the
+first committed stands (the mirror's order of arrival, which ``xlog pull`` makes first committed
+first; across mirrors, the earlier commit date); never a file's name. Two pulled copies with other
+content (``xlog.intake.content_hash``, from the mirror's index) are a conflict, listed in the
+``conflicts`` view; identical copies are one record. Duplicates are found once, at connect, row by
+row (a record twice in one file is still one record, never none).
+
+Provenance: every row of ``experiences`` says where it came from: ``source_remote`` (``local`` for
+the local store), ``source_file`` (the path in the remote, or in the store), ``source_commit``,
+``source_pr`` and ``source_date`` (where the remote knows them). ``exclude_sources`` leaves out
+the files of matching sources before deduplication (so another copy of a record can stand).
+The helper views come from ``schema/views.sql``.
 Local files are validated before they enter the views, each file once
 (``xlog.store.validated_record_files``): an invalid one is quarantined, as ``xlog ls`` and push do.
 Pulled files were validated when they arrived.
@@ -26,20 +37,23 @@ has a ``memory_limit`` (default 1 GB); both raise ``QueryLimitError``, and the c
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 import threading
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from xlog import schema as S
 from xlog.store import LocalStore, iter_parquet_files, validated_record_files
 
 __all__ = ["DEFAULT_MEMORY_LIMIT", "DEFAULT_TIMEOUT_S", "QueryLimitError", "ReadOnlyQueryError", "check_read_only",
-           "connect", "query", "record_files", "relation", "to_pandas", "views_sql"]
+           "connect", "query", "record_files", "relation", "source_matches", "sources", "to_pandas", "views_sql"]
 
 REMOTES_DIR = "remotes"
 DEFAULT_TIMEOUT_S = 30.0
@@ -90,21 +104,103 @@ def _sql_list(paths: list[Path]) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
+_SOURCE_SCHEMA = pa.schema([("_file", pa.string()), ("_rank", pa.int64()), ("source_remote", pa.string()),
+                            ("source_file", pa.string()), ("source_commit", pa.string()), ("source_pr", pa.int64()),
+                            ("source_date", pa.string())])
+_HASH_SCHEMA = pa.schema([("_file", pa.string()), ("record_id", pa.string()), ("_hash", pa.string())])
+
+
+def source_matches(pattern: str, source: dict) -> bool:
+    """Whether a file's provenance matches an ``--exclude-source`` pattern: a glob on the file's path
+    (``data/v1/0000-00/*``) or on the remote (``file:///mnt/shared*``, ``local``), a commit id (or
+    its first characters), or ``pr:N`` (the files merged from pull request N)."""
+    commit = source.get("source_commit") or ""
+    pr = source.get("source_pr")
+    return (fnmatch.fnmatchcase(source.get("source_file") or "", pattern)
+            or fnmatch.fnmatchcase(source.get("source_remote") or "", pattern)
+            or (len(pattern) >= 7 and bool(commit) and commit.startswith(pattern))
+            or (pr is not None and pattern.lower() in (f"pr:{pr}", f"#{pr}")))
+
+
+def sources(home: str | os.PathLike | None = None, local: list[Path] | None = None,
+            pulled: list[Path] | None = None) -> tuple[pa.Table, pa.Table]:
+    """(provenance of each record file, content hashes of the pulled records): the first has one row
+    per file (``_file`` as the views read it, ``_rank``: lower stands first, ``source_*``), the second
+    the mirrors' indexes (``_file``, ``record_id``, ``_hash``)."""
+    from xlog.remotes.sync import read_mirror
+    store = LocalStore(home)
+    if local is None or pulled is None:
+        local, pulled = record_files(home)
+    rows: list[dict] = [{"_file": str(p), "_rank": 0, "source_remote": "local",
+                         "source_file": _relative(p, store.root), "source_commit": None, "source_pr": None,
+                         "source_date": None} for p in local]
+    by_mirror: dict[Path, list[Path]] = {}
+    mirrors_dir = store.root / REMOTES_DIR
+    for p in pulled:
+        mirror = mirrors_dir / p.relative_to(mirrors_dir).parts[0]
+        by_mirror.setdefault(mirror, []).append(p)
+    pulled_rows = []
+    hashes = []
+    for mirror, files in sorted(by_mirror.items()):
+        info = read_mirror(mirror)
+        for p in files:
+            rel = p.relative_to(mirror).as_posix()
+            meta = info.files.get(rel) or {}
+            when = meta.get("date") or meta.get("seen")
+            order = (when or "~", info.remote, int(meta.get("seq") or 1 << 40), rel)  # first committed first
+            pulled_rows.append(({"_file": str(p), "source_remote": info.remote, "source_file": rel,
+                                 "source_commit": meta.get("commit"), "source_pr": _int(meta.get("pr")),
+                                 "source_date": when}, order))
+        if info.index.num_rows:
+            idx = info.index
+            hashes.append(pa.table({"_file": pc.binary_join_element_wise(str(mirror) + "/", idx.column("file"), ""),
+                                    "record_id": idx.column("record_id"), "_hash": idx.column("content_hash")}))
+    for rank, (row, _) in enumerate(sorted(pulled_rows, key=lambda x: x[1]), start=1):
+        rows.append({**row, "_rank": rank})
+    table = pa.Table.from_pylist(rows, schema=_SOURCE_SCHEMA)
+    hash_table = pa.concat_tables([t.cast(_HASH_SCHEMA) for t in hashes]) if hashes else _HASH_SCHEMA.empty_table()
+    return table, hash_table
+
+
+def _relative(p: Path, root: Path) -> str:
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        return p.name
+
+
+def _int(v: object) -> int | None:
+    try:
+        return int(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
 def views_sql() -> str:
     return resources.files("xlog.schema_files").joinpath("views.sql").read_text(encoding="utf-8")
 
 
 def connect(home: str | os.PathLike | None = None, lock: bool = True, *,
-            memory_limit: str = DEFAULT_MEMORY_LIMIT, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+            memory_limit: str = DEFAULT_MEMORY_LIMIT, threads: int | None = None,
+            exclude_sources: Sequence[str] = ()) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with ``experiences`` and the helper views (module docstring).
 
     ``memory_limit`` (DuckDB syntax: ``"1GB"``, ``"512MB"``) bounds the memory DuckDB may use for a
     query; nothing spills to disk, so a query that needs more fails with ``QueryLimitError`` (through
     ``query``). ``threads`` is DuckDB's worker thread count (default: the machine's cores).
-    ``lock=False`` leaves the connection unlocked: for trusted code only, never for user SQL."""
+    ``exclude_sources``: leave out the files whose provenance matches one of these patterns
+    (``source_matches``). ``lock=False`` leaves the connection unlocked: for trusted code only,
+    never for user SQL."""
     store = LocalStore(home)
     root = store.root.resolve()
     local, pulled = record_files(root)
+    src, hashes = sources(root, local, pulled)
+    if exclude_sources:
+        keep = [not any(source_matches(pat, r) for pat in exclude_sources) for r in src.to_pylist()]
+        src = src.filter(pa.array(keep, pa.bool_()))
+        wanted = set(src.column("_file").to_pylist())
+        local = [p for p in local if str(p) in wanted]
+        pulled = [p for p in pulled if str(p) in wanted]
     config: dict = {"memory_limit": str(memory_limit), "temp_directory": ""}
     if threads is not None:
         if int(threads) < 1:
@@ -117,24 +213,45 @@ def connect(home: str | os.PathLike | None = None, lock: bool = True, *,
     # The empty table typed with the current schema guarantees its columns exist in the view.
     con.register("_xlog_empty", pa.table({n: pa.array([], type=f.type) for n, f in
                                           zip(S.arrow_schema().names, S.arrow_schema())}))
-    parts = ["SELECT *, 2 AS _origin, '' AS _file FROM _xlog_empty"]
-    for origin, files in ((0, local), (1, pulled)):
-        if files:
-            parts.append(f"SELECT * EXCLUDE (filename), {origin} AS _origin, filename AS _file "
-                         f"FROM read_parquet({_sql_list(files)}, union_by_name = true, filename = true)")
+    con.register("_xlog_src_arrow", src)
+    con.register("_xlog_hash_arrow", hashes)
+    con.execute("CREATE TEMP TABLE _xlog_src AS SELECT * FROM _xlog_src_arrow")
+    con.execute("CREATE TEMP TABLE _xlog_hash AS SELECT * FROM _xlog_hash_arrow")
+    con.unregister("_xlog_src_arrow")
+    con.unregister("_xlog_hash_arrow")
+    parts = ["SELECT *, '' AS _file, -1::BIGINT AS _row FROM _xlog_empty"]
+    if local or pulled:
+        parts.append(f"SELECT * EXCLUDE (filename, file_row_number), filename AS _file, file_row_number AS _row "
+                     f"FROM read_parquet({_sql_list(local + pulled)}, union_by_name = true, filename = true, "
+                     "file_row_number = true)")
     con.execute("CREATE VIEW _xlog_all AS\n" + "\nUNION ALL BY NAME\n".join(parts))
-    # Dedup once here, not in every query: duplicates are rare (a record both local and pulled),
-    # so list the losing (record_id, file) copies in a small table and anti-join it. A window
-    # over every row in the view would cost each query a sort of the whole store.
-    con.execute("""CREATE TEMP TABLE _xlog_dup AS
-        SELECT record_id, _file FROM (
-            SELECT record_id, _file, row_number() OVER (PARTITION BY record_id ORDER BY _origin, _file) AS rn
-            FROM _xlog_all WHERE record_id IN (
-                SELECT record_id FROM _xlog_all GROUP BY record_id HAVING count(*) > 1))
-        WHERE rn > 1""")
+    # Dedup once here, not in every query: duplicates are rare (a record both local and pulled, a
+    # compacted file), so rank the copies of the repeated ids only, row by row, and anti-join the
+    # losers. The copy that stands: the lowest source rank (local first, then first committed).
+    con.execute("""CREATE TEMP TABLE _xlog_copies AS
+        SELECT a.record_id, a._file, a._row, s._rank, h._hash,
+               row_number() OVER w AS _n, first_value(h._hash) OVER w AS _first_hash,
+               first_value(a._file) OVER w AS _first_file, first_value(s._rank) OVER w AS _first_rank
+        FROM (SELECT record_id, _file, _row FROM _xlog_all WHERE record_id IN (
+                SELECT record_id FROM _xlog_all GROUP BY record_id HAVING count(*) > 1)) a
+        JOIN _xlog_src s USING (_file)
+        LEFT JOIN _xlog_hash h ON h._file = a._file AND h.record_id = a.record_id
+        WINDOW w AS (PARTITION BY a.record_id ORDER BY s._rank, a._file, a._row
+                     ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)""")
+    con.execute("CREATE TEMP TABLE _xlog_dup AS SELECT _file, _row FROM _xlog_copies WHERE _n > 1")
     con.execute("""CREATE VIEW experiences AS
-        SELECT * EXCLUDE (_origin, _file) FROM _xlog_all a
-        WHERE NOT EXISTS (SELECT 1 FROM _xlog_dup d WHERE d.record_id = a.record_id AND d._file = a._file)""")
+        SELECT a.* EXCLUDE (_file, _row), s.source_remote, s.source_file, s.source_commit, s.source_pr,
+               s.source_date
+        FROM _xlog_all a LEFT JOIN _xlog_src s USING (_file)
+        WHERE NOT EXISTS (SELECT 1 FROM _xlog_dup d WHERE d._file = a._file AND d._row = a._row)""")
+    # Two pulled copies of one id with different content: the first committed stands (above); the
+    # other is listed here. A local copy always stands (it is your own record): not a conflict.
+    con.execute("""CREATE VIEW conflicts AS
+        SELECT c.record_id, k.source_remote AS kept_remote, k.source_file AS kept_file,
+               o.source_remote AS other_remote, o.source_file AS other_file, o.source_commit AS other_commit,
+               o.source_pr AS other_pr
+        FROM _xlog_copies c JOIN _xlog_src o ON o._file = c._file JOIN _xlog_src k ON k._file = c._first_file
+        WHERE c._n > 1 AND c._first_rank > 0 AND c._hash IS DISTINCT FROM c._first_hash""")
     con.execute(views_sql())
     if lock:
         # Exactly the files the views read, no directory: DuckDB's allowed paths also allow writing,

@@ -27,7 +27,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from .estimators import PREDICTION_COLUMNS, QUALITY_TARGETS, Estimators, choose_quality_metric, \
-    quality_direction, task_keys
+    quality_direction, quality_family, task_keys
 from .features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 
 __all__ = ["grouped_folds", "grouped_cv_report", "format_report", "PREDICTORS"]
@@ -169,7 +169,8 @@ def _constant_within(pred: np.ndarray, has: np.ndarray, folds: list[tuple[np.nda
 def grouped_cv_report(experiences: pd.DataFrame, group_by: str = "task_name", n_splits: int | None = 5,
                       random_state: int = 0, targets: Iterable[str] | None = None,
                       splitter: Callable[[pd.DataFrame], list[tuple[np.ndarray, np.ndarray]]] | None = None,
-                      quality_target: str = "rank", baselines: bool = True) -> dict[str, Any]:
+                      quality_target: str = "rank", baselines: bool = True,
+                      quality_metric: str | None = None) -> dict[str, Any]:
     """Cross-validation that holds out whole groups (``group_by``: ``task_name`` or ``model_name``).
 
     Returns, per estimator in ``targets`` (default all), the pooled figures of each predictor
@@ -178,7 +179,9 @@ def grouped_cv_report(experiences: pd.DataFrame, group_by: str = "task_name", n_
     (``entry["over_groups"]``), plus the folds and what each fold's estimators were trained on.
     ``n_splits`` 0 or None holds out one group per fold. ``splitter`` replaces the grouped folds
     (only to show what leakage would look like). ``baselines=False`` skips the linear baseline
-    (the slowest one)."""
+    (the slowest one). ``quality_metric``: the metric family quality is evaluated on (default the
+    most common one; several families raise ``MixedMetricFamilies``: an F1 and a loss are never
+    scored together)."""
     if quality_target not in QUALITY_TARGETS:
         raise ValueError(f"unknown quality target {quality_target!r}; choose from {QUALITY_TARGETS}")
     exp = experiences.reset_index(drop=True)
@@ -187,7 +190,8 @@ def grouped_cv_report(experiences: pd.DataFrame, group_by: str = "task_name", n_
     models = _group_labels(exp, "model_name").to_numpy() if "model_name" in exp.columns \
         else np.array(["<none>"] * len(exp), dtype=object)
     folds = splitter(exp) if splitter else grouped_folds(exp, group_by, n_splits)
-    metric = choose_quality_metric(exp)  # a name only: the same target in every fold
+    # A name only: the same target in every fold, one metric family.
+    metric = quality_family(quality_metric) or choose_quality_metric(exp)
     sign = quality_direction(exp, metric) if metric else 1.0
     wanted = [t for t in PREDICTION_COLUMNS if targets is None or t in set(targets)]
     evaluated = [t for t in (*REGRESSION_TARGETS, *CLASSIFICATION_TARGETS) if t in wanted]

@@ -13,8 +13,11 @@ Prediction columns (``PREDICTION_COLUMNS``; NaN where an estimator is not fitted
   is learned for one metric family (``quality_metric``, default the most common primary metric
   family, e.g. ``f1``), oriented so that higher is better (a loss is negated before ranking); rows
   of other families (a causal-LM task scoring ``eval_loss`` beside F1 tasks) are never mixed in,
-  they teach cost and failure only. A search maps ``quality`` to its task's own scale by calibrating
-  against the task's own results as they arrive.
+  they teach cost and failure only. A family named as a loss, perplexity or error rate is always
+  lower-is-better. Asking for several families at once (``quality_metric=["f1", "loss"]``) raises
+  ``MixedMetricFamilies``: fit one ``Estimators`` per family (e.g. ``quality_metric="loss"`` for a
+  causal-LM search). A search maps ``quality`` to its task's own scale by calibrating against the
+  task's own results as they arrive.
 - ``quality_sd``: the spread of ``quality`` (one number per fitted estimator, same units): the root
   mean square residual of a grouped cross-validation inside ``fit`` that holds out whole tasks
   (when at least 3 tasks teach quality), else the standard deviation of the target itself (what a
@@ -43,6 +46,8 @@ from __future__ import annotations
 import json
 import math
 import platform
+import logging
+import re
 import warnings
 from collections import Counter
 from datetime import datetime, timezone
@@ -56,15 +61,18 @@ from threadpoolctl import threadpool_limits
 from xlog import __version__
 from xlog import schema as S
 
+from .errors import XSearchError
 from .features import CATEGORICAL_FEATURES, FEATURES, MODEL_META_COLUMNS, feature_matrix, model_meta_from
 
 __all__ = [
     "FAILED_STATUSES", "PREDICTION_COLUMNS", "QUALITY_TARGETS", "Estimators", "records_frame", "load_experiences",
-    "default_path", "metric_family", "choose_quality_metric", "quality_direction", "quality_target",
+    "default_path", "metric_family", "metric_families", "quality_family", "MixedMetricFamilies",
+    "choose_quality_metric", "quality_direction", "quality_target",
     "relative_quality", "task_keys", "runtime_target", "fail_runtime_target", "energy_target", "failure_target",
     "grouped_folds", "grouped_cv_report", "format_report",
 ]
 
+logger = logging.getLogger("xsearch.estimators")
 FAILED_STATUSES = ("failed", "oom", "timeout")
 PREDICTION_COLUMNS = ["quality", "quality_sd", "runtime_s", "fail_runtime_s", "energy_kwh", "p_fail", "p_oom"]
 QUALITY_TARGETS = ("rank", "zscore", "absolute")
@@ -126,6 +134,28 @@ def metric_family(name: Any) -> str | None:
     return name[5:] if name.startswith("eval_") else name
 
 
+class MixedMetricFamilies(XSearchError, ValueError):
+    """Quality asked for over several metric families at once (e.g. an F1 and a loss)."""
+
+
+def quality_family(metric: Any) -> str | None:
+    """The one metric family a quality estimator is asked to learn: ``eval_f1`` and ``f1`` -> ``f1``.
+    Several families (a list, or names joined by ``,`` / ``+`` / ``|``) raise ``MixedMetricFamilies``:
+    quality is learned per family, so that an F1 is never compared with a loss."""
+    if metric is None:
+        return None
+    names = [metric] if isinstance(metric, str) else list(metric)
+    parts = [p.strip() for n in names for p in re.split(r"[,+|]", str(n)) if p.strip()]
+    fams = list(dict.fromkeys(metric_family(p) for p in parts))
+    if len(fams) > 1:
+        raise MixedMetricFamilies(
+            f"quality is learned per metric family and never mixes them: got {', '.join(fams)}. Scores on "
+            "different metrics (an F1 and a loss, say) are not on one scale, not even after ranking within a "
+            "task (which direction is better differs); fit one Estimators per family "
+            f"(Estimators(quality_metric={fams[0]!r}), ...)")
+    return fams[0] if fams else None
+
+
 def _column(df: pd.DataFrame, name: str) -> pd.Series:
     return df[name] if name in df.columns else pd.Series([None] * len(df), index=df.index, dtype=object)
 
@@ -139,12 +169,23 @@ def choose_quality_metric(experiences: pd.DataFrame) -> str | None:
 
 
 def quality_direction(experiences: pd.DataFrame, metric: str) -> float:
-    """+1 when higher values of the metric are better, -1 when lower are (losses)."""
+    """+1 when higher values of the metric are better, -1 when lower are: a family named as a loss,
+    perplexity or error rate is always -1 (whatever an old record's ``outcome_greater_is_better``
+    says: transformers' default calls a perplexity better when higher); other families follow the
+    majority of their records' ``outcome_greater_is_better``, else +1."""
+    if S.lower_is_better(metric):
+        return -1.0
     fam = _column(experiences, "outcome_primary_metric").map(metric_family)
     gib = _column(experiences, "outcome_greater_is_better")[fam == metric].dropna()
     if len(gib):
         return 1.0 if gib.astype(bool).mean() >= 0.5 else -1.0
-    return -1.0 if metric.endswith(("loss", "perplexity", "error", "mse", "mae")) else 1.0
+    return 1.0
+
+
+def metric_families(experiences: pd.DataFrame) -> Counter:
+    """Completed runs with a primary value per primary metric family."""
+    ok = (_column(experiences, "status") == "completed") & _column(experiences, "outcome_primary_value").notna()
+    return Counter(f for f in _column(experiences, "outcome_primary_metric")[ok].map(metric_family) if f)
 
 
 def quality_target(experiences: pd.DataFrame, metric: str | None, sign: float = 1.0) -> pd.Series:
@@ -234,7 +275,8 @@ def energy_target(experiences: pd.DataFrame) -> pd.Series:
 
 def failure_target(experiences: pd.DataFrame, statuses: Iterable[str] = FAILED_STATUSES) -> pd.Series:
     """1.0 for runs that failed with one of ``statuses``, 0.0 for other failures or completed runs,
-    NaN for interrupted runs (a person or the machine stopped them, not the configuration)."""
+    NaN for interrupted runs (a person or the machine stopped them, not the configuration) and for
+    pruned runs (stopped early on purpose by a search: not an outcome of their configuration)."""
     status = _column(experiences, "status")
     y = status.isin(list(statuses)).astype(float)
     known = status.isin(["completed", *FAILED_STATUSES])
@@ -327,7 +369,7 @@ class Estimators:
     def __init__(self, quality_metric: str | None = None, min_rows: int = 8, random_state: int = 0,
                  targets: Iterable[str] | None = None, quality_target: str = "rank",
                  inner_folds: int = 5) -> None:
-        self.quality_metric = quality_metric
+        self.quality_metric = quality_family(quality_metric)
         self.wanted = list(targets) if targets is not None else list(PREDICTION_COLUMNS)
         unknown = set(self.wanted) - set(PREDICTION_COLUMNS)
         if unknown:
@@ -406,6 +448,7 @@ class Estimators:
     def _fit(self, experiences: pd.DataFrame) -> "Estimators":
         exp = experiences.reset_index(drop=True)
         self.models, self.n_rows, self.target_means = {}, {}, {}
+        self.skipped_families_: dict[str, int] = {}
         self.quality_sd_, self.quality_sd_source_, self.quality_tasks_ = None, None, 0
         self.fail_runtime_source_, self.fail_runtime_ratio_ = None, None
         self.n_experiences = len(exp)
@@ -418,6 +461,14 @@ class Estimators:
             self.quality_metric = choose_quality_metric(exp)
         if self.quality_metric is not None:
             self.quality_sign = quality_direction(exp, self.quality_metric)
+            # Completed runs with no value of this family (e.g. causal-LM runs that log only a loss).
+            no_value = quality_target(exp, self.quality_metric).isna()
+            self.skipped_families_ = dict(metric_families(exp[no_value]))
+            if self.skipped_families_ and "quality" in self.wanted:
+                # Not an error: those runs still teach cost and failure, only their scores are left out.
+                logger.info("quality is learned on %s only; completed runs scored on %s teach cost and failure but "
+                            "not quality (metric families are never mixed)", self.quality_metric,
+                            ", ".join(f"{f} ({n})" for f, n in sorted(self.skipped_families_.items())))
         X = feature_matrix(exp)
         self.encoder = _Encoder().fit(X)
         Xa = self.encoder.transform(X)
@@ -585,6 +636,7 @@ class Estimators:
             "numpy_version": np.__version__, "pandas_version": pd.__version__,
             "python_version": platform.python_version(),
             "quality_metric": self.quality_metric, "quality_sign": self.quality_sign,
+            "quality_skipped_families": getattr(self, "skipped_families_", {}),
             "quality_target": self.quality_target, "quality_tasks": getattr(self, "quality_tasks_", 0),
             "quality_sd": getattr(self, "quality_sd_", None), "quality_sd_source": getattr(self, "quality_sd_source_", None),
             "fail_runtime": getattr(self, "fail_runtime_source_", None),

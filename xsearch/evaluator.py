@@ -34,6 +34,7 @@ from xlog.privacy import scrub_text
 from xlog.store import BadRecordFile, LocalStore, read_and_validate
 
 from .space import SearchSpace, config_key
+from .tasks import objective_of
 
 log = logging.getLogger("xsearch.evaluator")
 # "interrupted" runs may be run again; "pruned" ones were stopped on purpose (xsearch.curves).
@@ -55,7 +56,7 @@ class Outcome:
 
     config: dict[str, Any]
     status: str
-    quality: float | None = None
+    quality: float | None = None  # signed: the search maximises it (a loss is negated)
     metrics: dict[str, float] = field(default_factory=dict)
     runtime_s: float | None = None  # training + evaluation time the record logs
     wall_s: float = 0.0  # budget charged for this evaluation (wall clock, or logged time in replay)
@@ -74,18 +75,34 @@ class Outcome:
         return self.status == "completed" and self.quality is not None
 
     @classmethod
-    def from_record(cls, rec: Mapping[str, Any], config: Mapping[str, Any], wall_s: float | None = None) -> "Outcome":
-        q = rec.get("outcome_primary_value")
+    def from_record(cls, rec: Mapping[str, Any], config: Mapping[str, Any], wall_s: float | None = None,
+                    objective: tuple[str, bool] | None = None) -> "Outcome":
+        """The outcome a record tells. ``quality`` is the *signed* objective, which the search
+        maximises: the objective metric when greater is better, its negation otherwise (a loss).
+        ``objective`` = (metric, greater is better); by default the one of the record's task type
+        (eval_f1 for classification and question answering, eval_loss for causal LM), else the
+        record's own primary metric and direction."""
         metrics = rec.get("outcome_metrics") or {}
         if isinstance(metrics, list):
             metrics = dict(metrics)
-        # F1 is the search's objective: a record whose primary metric is another one still has eval_f1.
-        if rec.get("outcome_primary_metric") not in (None, "eval_f1") and "eval_f1" in metrics:
-            q = metrics["eval_f1"]
+        metric, greater = objective or objective_of(rec.get("task_type")) or ("eval_f1", True)
+        # The kind's objective is the search's: a record whose primary metric is another one
+        # (accuracy, say) is read through its objective metric when it logged it.
+        if metric in metrics:
+            q = metrics[metric]
+        elif rec.get("outcome_primary_metric") in (None, metric):
+            q = rec.get("outcome_primary_value")
+        else:  # another metric only: it counts in its own direction
+            q = rec.get("outcome_primary_value")
+            greater = rec.get("outcome_greater_is_better")
+            greater = (not str(rec.get("outcome_primary_metric")).endswith(("loss", "perplexity"))
+                       if greater is None else bool(greater))
         runtime = rec.get("outcome_total_runtime_s") or rec.get("outcome_train_runtime_s")
         if wall_s is None:
             wall_s = float(runtime or 0.0)
         q = float(q) if q is not None and math.isfinite(float(q)) else None
+        if q is not None and not greater:
+            q = -q
         stopped = None
         if rec.get("status") == "pruned" and rec.get("outcome_steps_completed") is not None and rec.get("train_max_steps"):
             stopped = min(float(rec["outcome_steps_completed"]) / float(rec["train_max_steps"]), 1.0)
@@ -149,6 +166,7 @@ def candidate_job(config: Mapping[str, Any], space: SearchSpace, record_id: str,
     (one evaluation per epoch, never stopped)."""
     method = str(config.get("ft_method"))
     return {"config": dict(config), "search_id": search_id, "task_name": task_name, "record_id": record_id,
+            "task_type": space.task_type, "task_options": dict(space.task_options),
             "model_spec": space.model_spec(config["model_name"]), "method_spec": space.methods.get(method, {}),
             "seed": seed, "memory_limit_bytes": int(memory_limit_gb * 2**30) if memory_limit_gb else None,
             "energy": energy, "env": dict(env or {}), "early_stop": dict(early_stop) if early_stop else None}

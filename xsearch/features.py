@@ -17,6 +17,10 @@ TASK_NUMERIC = [
     "task_n_train", "task_n_eval", "task_n_classes", "task_class_entropy", "task_class_prob_min",
     "task_class_prob_max", "task_imbalance_ratio", "task_chars_mean", "task_chars_std", "task_chars_cv",
     "task_tokens_mean", "task_tokens_std", "task_tokens_cv", "task_type_token_ratio", "task_landmarker_score",
+    # Generative data (question answering, causal LM): NaN for classification records, so an
+    # estimator trained on classification alone never sees them (unobserved features are dropped).
+    "task_prompt_tokens_mean", "task_context_tokens_mean", "task_question_tokens_mean", "task_answer_tokens_mean",
+    "task_answer_chars_mean", "task_question_context_overlap", "task_answer_in_context",
 ]
 TASK_CATEGORICAL = ["task_type"]
 MODEL_NUMERIC = ["model_n_params", "model_n_layers", "model_hidden_size", "model_n_heads",

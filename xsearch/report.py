@@ -1,5 +1,6 @@
 """What a search leaves in its output folder: leaderboard.csv, pareto.csv, pareto.png (quality vs
-cost, front highlighted), best_config.py (a ready-to-run training script) and summary.json."""
+cost, front highlighted), best_config.py (a ready-to-run training script of the search's task
+kind) and summary.json. Quality is shown as logged (F1, or a loss where lower is better)."""
 from __future__ import annotations
 
 import json
@@ -21,57 +22,74 @@ BEST_CONFIG = "best_config.py"
 SUMMARY = "summary.json"
 
 
-def leaderboard(result: "SearchResult") -> pd.DataFrame:
-    """One row per evaluation, best first (completed by F1, then the failures)."""
+def _kind(space_or_type: Any) -> Any:
+    from .tasks import get_task_kind
+    return get_task_kind(getattr(space_or_type, "task_type", space_or_type))
+
+
+def leaderboard(result: "SearchResult", task_type: str | None = None) -> pd.DataFrame:
+    """One row per evaluation, best first (completed ones by the task kind's primary metric in its
+    direction, then the failures). The primary metric's column is named as logged (``eval_f1``,
+    ``eval_loss``) and holds the logged value; the kind's other metrics follow."""
+    kind = _kind(task_type)
+    metric = kind.primary_metric
     front = {id(o) for o in result.pareto()}
     rows = []
     for ev in result.evaluations:
         o = ev.outcome
-        row: dict[str, Any] = {
-            "status": o.status, "eval_f1": o.quality, "eval_accuracy": o.metrics.get("eval_accuracy"),
+        row: dict[str, Any] = {"status": o.status, metric: kind.unsigned(o.quality)}
+        row.update({m: o.metrics.get(m) for m in kind.report_metrics})
+        row.update({
             "runtime_s": o.runtime_s, "wall_s": o.wall_s, "energy_kwh": o.energy_kwh,
             "pareto": id(o) in front, "generation": ev.generation, "from_journal": o.from_journal,
             "predicted_quality": ev.predicted.get("quality"), "predicted_wall_s": ev.predicted.get("wall_s"),
             "predicted_p_fail": ev.predicted.get("p_fail"), "record_id": o.record_id, "error": o.error,
-        }
+        })
         row.update(o.config)
         rows.append(row)
     df = pd.DataFrame(rows)
     if len(df) == 0:
         return df
-    df["_ok"] = df["status"].eq("completed") & df["eval_f1"].notna()
-    df = df.sort_values(["_ok", "eval_f1", "runtime_s"], ascending=[False, False, True]).drop(columns="_ok")
+    df["_ok"] = df["status"].eq("completed") & df[metric].notna()
+    df = df.sort_values(["_ok", metric, "runtime_s"], ascending=[False, not kind.greater_is_better, True])
+    df = df.drop(columns="_ok")
     df.insert(0, "rank", range(1, len(df) + 1))
     return df.reset_index(drop=True)
 
 
-def plot_pareto(board: pd.DataFrame, path: Path, title: str) -> Path:
+def plot_pareto(board: pd.DataFrame, path: Path, title: str, task_type: str | None = None) -> Path:
+    """Quality (the primary metric as logged) against runtime, the Pareto front as a step line;
+    failed candidates as red crosses at the worst end of the quality axis."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    kind = _kind(task_type)
+    metric = kind.primary_metric
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    ok = board[board["status"].eq("completed") & board["eval_f1"].notna()] if len(board) else board
+    ok = board[board["status"].eq("completed") & board[metric].notna()] if len(board) else board
     if len(ok):
         for method, g in ok.groupby(ok["ft_method"].astype(str)):
-            ax.scatter(g["runtime_s"], g["eval_f1"], alpha=0.6, label=f"{method}")
+            ax.scatter(g["runtime_s"], g[metric], alpha=0.6, label=f"{method}")
         front = ok[ok["pareto"]].sort_values("runtime_s")
-        ax.step(front["runtime_s"], front["eval_f1"], where="post", color="black", linewidth=1.2)
-        ax.scatter(front["runtime_s"], front["eval_f1"], s=90, facecolors="none", edgecolors="black",
+        ax.step(front["runtime_s"], front[metric], where="post", color="black", linewidth=1.2)
+        ax.scatter(front["runtime_s"], front[metric], s=90, facecolors="none", edgecolors="black",
                    linewidths=1.5, label="Pareto front")
     failed = board[~board.index.isin(ok.index)] if len(board) else board
     pruned = failed[failed["status"].eq("pruned")] if len(failed) else failed
     failed = failed[~failed["status"].eq("pruned")] if len(failed) else failed
-    if len(pruned):  # stopped early on purpose: their F1 at the stop, at the time they used
-        ax.scatter(pruned["wall_s"], pruned["eval_f1"].fillna(0.0), marker="v", color="grey",
+    worst = 0.0 if kind.greater_is_better or not len(ok) else float(ok[metric].max()) * 1.05
+    if len(pruned):  # stopped early on purpose: their metric (as logged) at the stop, at the time they used
+        ax.scatter(pruned["wall_s"], pruned[metric].fillna(worst), marker="v", color="grey",
                    label=f"pruned early ({len(pruned)})")
     if len(failed):
-        ax.scatter(failed["wall_s"], [0.0] * len(failed), marker="x", color="red",
+        ax.scatter(failed["wall_s"], [worst] * len(failed), marker="x", color="red",
                    label=f"failed / oom / timeout ({len(failed)})")
     ax.set_xlabel("cost: runtime (s)")
-    ax.set_ylabel("quality: macro F1 (validation)")
+    ax.set_ylabel(f"quality: {kind.metric_label} (validation"
+                  + (")" if kind.greater_is_better else ", lower is better)"))
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="lower right" if kind.greater_is_better else "upper right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -165,11 +183,67 @@ def best_config_snippet(config: dict[str, Any], space: SearchSpace, data: str | 
     return "\n".join(lines)
 
 
+def generative_snippet(config: dict[str, Any], space: SearchSpace, data: str | None, columns: dict[str, str],
+                       value: float | None, search_id: str, seed: int = 0) -> str:
+    """A standalone training script for the best config of a question-answering or causal-LM
+    search: the task kind's data, model, method, examples and Trainer, plus XLogCallback."""
+    kind = _kind(space)
+    name = config["model_name"]
+    method = config["ft_method"]
+    head = (f'"""Best configuration of xsearch search {search_id} (validation {kind.metric_label} {value:.4f}).'
+            if value is not None else f'"""Best configuration of xsearch search {search_id}.')
+    lines = [
+        head,
+        "",
+        f"Run: python best_config.py  (it fine-tunes the {kind.name} model on the same data, evaluates it",
+        "as the search did, and records the run with xlog).",
+        '"""',
+        "from transformers import TrainingArguments, set_seed",
+        "",
+        "from xlog import XLogCallback",
+        "from xsearch.tasks import get_task_kind",
+        "",
+        f"SEED = {int(seed)}  # the search's: the same split, initialisation and data order",
+        "set_seed(SEED)",
+        "",
+        f"CONFIG = {pprint.pformat(config, sort_dicts=False, width=100)}",
+        f"MODEL_SPEC = {space.model_spec(name)!r}  # how {name} is loaded",
+        f"METHOD_SPEC = {space.methods.get(str(method), {})!r}",
+        f"TASK_OPTIONS = {dict(space.task_options)!r}",
+        "",
+        f"kind = get_task_kind({kind.name!r})  # {kind.primary_metric}, "
+        + ("higher is better" if kind.greater_is_better else "lower is better"),
+        f"task = kind.load({data!r}, {dict(columns)!r}, seed=SEED)",
+        "model, tok = kind.build_model(CONFIG, MODEL_SPEC, task)",
+        "model = kind.apply_method(model, CONFIG, MODEL_SPEC, METHOD_SPEC)",
+        "train, evaluation = kind.datasets(task, tok, CONFIG)",
+        "",
+        "args = TrainingArguments(",
+        "    output_dir='best-config-run', report_to=[], save_strategy='no', eval_strategy='epoch',",
+        "    learning_rate=CONFIG['train_learning_rate'], num_train_epochs=CONFIG['train_epochs'],",
+        "    per_device_train_batch_size=CONFIG['train_batch_size'],",
+        "    warmup_steps=CONFIG.get('train_warmup_ratio') or 0.0,  # a ratio when < 1",
+        "    weight_decay=CONFIG.get('train_weight_decay') or 0.0,",
+        "    lr_scheduler_type=CONFIG.get('train_lr_scheduler') or 'linear', seed=SEED,",
+        "    **kind.training_arguments(CONFIG))",
+        "callback = XLogCallback(task_name=task.name, model_name=CONFIG['model_name'],",
+        "                        max_seq_length=CONFIG['train_max_seq_length'], **kind.callback_kwargs(task))",
+        "trainer = kind.trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation, tokenizer=tok,",
+        "                       callbacks=[callback], task=task, cfg=CONFIG, options=TASK_OPTIONS)",
+        "trainer.train()",
+        "print(trainer.evaluate())",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def write_reports(result: "SearchResult", space: SearchSpace, out_dir: Path, data: str | None = None,
-                  text_column: str = "text", label_column: str = "label", extra: dict[str, Any] | None = None) -> dict[str, Path]:
+                  text_column: str = "text", label_column: str = "label", extra: dict[str, Any] | None = None,
+                  columns: dict[str, str] | None = None, seed: int = 0) -> dict[str, Path]:
     """Write every output file; returns their paths by name."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    board = leaderboard(result)
+    kind = _kind(space)
+    board = leaderboard(result, kind.name)
     paths: dict[str, Path] = {}
     paths["leaderboard"] = out_dir / LEADERBOARD
     board.to_csv(paths["leaderboard"], index=False)
@@ -177,26 +251,35 @@ def write_reports(result: "SearchResult", space: SearchSpace, out_dir: Path, dat
     paths["pareto_csv"] = out_dir / PARETO_CSV
     front.to_csv(paths["pareto_csv"], index=False)
     paths["pareto_png"] = plot_pareto(board, out_dir / PARETO_PNG,
-                                      f"search {result.search_id}: {len(board)} evaluations")
+                                      f"search {result.search_id}: {len(board)} evaluations", kind.name)
     best = result.incumbent
     if best is not None:
         paths["best_config"] = out_dir / BEST_CONFIG
-        paths["best_config"].write_text(best_config_snippet(best.config, space, data, text_column, label_column,
-                                                            best.quality, result.search_id), encoding="utf-8")
-    summary = summary_dict(result)
+        if kind.name == "text-classification":
+            text = best_config_snippet(best.config, space, data, text_column, label_column, best.quality,
+                                       result.search_id)
+        else:
+            text = generative_snippet(best.config, space, data, dict(columns or {}), kind.unsigned(best.quality),
+                                      result.search_id, seed)
+        paths["best_config"].write_text(text, encoding="utf-8")
+    summary = summary_dict(result, kind.name)
     summary.update(extra or {})
     paths["summary"] = out_dir / SUMMARY
     paths["summary"].write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     return paths
 
 
-def summary_dict(result: "SearchResult") -> dict[str, Any]:
+def summary_dict(result: "SearchResult", task_type: str | None = None) -> dict[str, Any]:
+    kind = _kind(task_type)
     best = result.incumbent
+    value = kind.unsigned(best.quality) if best else None
     statuses: dict[str, int] = {}
     for o in result.outcomes:
         statuses[o.status] = statuses.get(o.status, 0) + 1
     return {
-        "search_id": result.search_id, "best_f1": best.quality if best else None,
+        "search_id": result.search_id, "task_type": kind.name, "primary_metric": kind.primary_metric,
+        "greater_is_better": kind.greater_is_better, "best_value": value,
+        "best_f1": value if kind.primary_metric == "eval_f1" else None,
         "best_config": best.config if best else None, "best_record_id": best.record_id if best else None,
         "evaluations": len(result.evaluations), "statuses": statuses, "failures": result.n_failed,
         "pruned": sum(1 for o in result.outcomes if o.status == "pruned"),

@@ -22,6 +22,7 @@ import pandas as pd
 from .evaluator import Evaluator, Outcome
 from .search import EvolutionarySearch, SearchSettings, Skip, best_of, pareto_front
 from .space import Config, Distribution, SearchSpace, resolve_model_path
+from .tasks import UnknownTaskKind, canonical_name, get_task_kind
 
 log = logging.getLogger("xsearch.runner")
 
@@ -382,8 +383,9 @@ def journal_from_records(records: Iterable[Mapping[str, Any]], space: SearchSpac
     return journal, extra_s, extra_kwh
 
 
-def _task_features(task: Any, space: SearchSpace) -> dict[str, Any]:
-    """Meta-features of the new task, with the tokenizer of the space's first loadable model."""
+def _task_features(task: Any, space: SearchSpace, kind: Any = None) -> dict[str, Any]:
+    """Meta-features of the new task, with the tokenizer of the space's first loadable model (the
+    columns the worker's XLogCallback reads, so that they compare with past records)."""
     import datasets
     from xlog.taskfeatures import compute_task_features
     tok = None
@@ -399,14 +401,18 @@ def _task_features(task: Any, space: SearchSpace) -> dict[str, Any]:
             log.warning("no tokenizer for task features (%s: %s)", type(exc).__name__, exc)
     train = datasets.Dataset.from_pandas(task.train)
     ev = datasets.Dataset.from_pandas(task.eval)
-    feats = compute_task_features(train, ev, tok, "text", "label")
+    cols = (kind or get_task_kind(space.task_type)).feature_columns(task)
+    feats = compute_task_features(train, ev, tok, cols["text_column"], cols["label_column"])
     feats["task_type"] = space.task_type
     feats["task_name"] = task.name
     return feats
 
 
-def _experience_model(store_root: Any, search_id: str, use_estimators: bool) -> tuple[pd.DataFrame, Any]:
-    """Past experience (without this search's own records) and estimators fitted on it."""
+def _experience_model(store_root: Any, search_id: str, use_estimators: bool,
+                      quality_metric: str | None = None) -> tuple[pd.DataFrame, Any]:
+    """Past experience (without this search's own records) and estimators fitted on it; quality is
+    learned on the search's own metric family (``quality_metric``: the task kind's primary
+    metric), never on another (an F1 store teaches a causal-LM search cost and failure only)."""
     try:
         from .estimators import Estimators, load_experiences
     except ImportError as exc:
@@ -426,24 +432,40 @@ def _experience_model(store_root: Any, search_id: str, use_estimators: bool) -> 
     if not use_estimators or len(exp) == 0:
         return exp, None
     try:
-        est = Estimators().fit(exp)
+        est = Estimators(quality_metric=quality_metric).fit(exp)
     except Exception as exc:
         log.warning("could not fit the estimators (%s: %s): going on without predictions", type(exc).__name__, exc)
         return exp, None
     return exp, est if est.is_fitted else None
 
 
-def _curve_model(exp: pd.DataFrame) -> Any:
-    """The learning-curve model fitted on past records' curves (None when it cannot be built)."""
+def _curve_model(exp: pd.DataFrame, kind: Any = None) -> Any:
+    """The learning-curve model of the task kind's primary metric (signed: a loss negated), fitted
+    on past records' curves of that kind only (a classification run's eval_loss curve says nothing
+    of a causal LM's); unfitted when it cannot be built (early stopping then uses its rules)."""
     from .curves import CurveModel
+    kind = kind or get_task_kind(None)
+    model = CurveModel(kind.primary_metric, greater_is_better=kind.greater_is_better)
     if len(exp) == 0 or "curve" not in exp.columns:
-        return CurveModel()
+        return model
+    if "task_type" in exp.columns:
+        same = exp["task_type"].map(lambda t: _same_kind(t, kind.name))
+        exp = exp[same.astype(bool)]
     try:
-        return CurveModel().fit(exp)
+        return model.fit(exp)
     except Exception as exc:  # early stopping falls back to its rules
         log.warning("could not fit the learning-curve model (%s: %s): early stopping by rules only",
                     type(exc).__name__, exc)
-        return CurveModel()
+        return CurveModel(kind.primary_metric, greater_is_better=kind.greater_is_better)
+
+
+def _same_kind(task_type: Any, name: str) -> bool:
+    """Whether a record's task type is the kind ``name`` (no type: text classification, as the
+    kinds read it; an unknown type: not)."""
+    try:
+        return canonical_name(task_type if isinstance(task_type, str) else None) == name
+    except UnknownTaskKind:
+        return False
 
 
 def _warm_start(space: SearchSpace, exp: pd.DataFrame, task_features: dict[str, Any], k: int,
@@ -484,6 +506,24 @@ def experience_predictor(est: Any, exp: pd.DataFrame, task_features: Mapping[str
     return predictor
 
 
+def _prepare_models(space: SearchSpace, emit: Callable[[str, dict[str, Any]], None]) -> None:
+    """Convert the space's ``prepare:`` models (xsearch.pretrained) before any candidate starts, so
+    that a one-time conversion is not charged to a candidate's time limit. A model that cannot be
+    prepared is left to its candidates, which fail with the reason (recorded as experience)."""
+    names = [str(n) for n in space.param("model_name").values if space.model_spec(str(n)).get("prepare")]
+    if not names:
+        return
+    from .errors import XSearchError
+    from .pretrained import prepare_model
+    for name in names:
+        try:
+            path = prepare_model(str(space.model_spec(name)["prepare"]))
+        except XSearchError as exc:
+            emit("status", {"message": f"model {name} cannot be prepared: {exc}"})
+            continue
+        emit("status", {"message": f"model {name}: {path}"})
+
+
 def run_search(data: str | None = None, text_column: str = "text", label_column: str = "label",
                budget_s: float | None = None, energy_budget_kwh: float | None = None, max_evals: int | None = None,
                space_path: str | None = None, out_dir: str = "xsearch-out", resume: str | None = None,
@@ -494,7 +534,8 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
                on_event: Callable[[str, dict[str, Any]], None] | None = None,
                space: SearchSpace | None = None, executor: str = "local", workers: int = 1,
                gpus_per_candidate: float | None = None, cpus_per_candidate: float = 1.0,
-               ray_address: str | None = None, slurm_partition: str | None = None, early_stop: bool = True
+               ray_address: str | None = None, slurm_partition: str | None = None,
+               task: str | None = None, columns: Mapping[str, str] | None = None, early_stop: bool = True
                ) -> tuple[SearchResult, dict[str, Path]]:
     """Run (or resume) a search end to end; returns the result and the paths of the reports.
 
@@ -504,6 +545,12 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
 
     ``executor`` (local | ray | slurm) and ``workers`` choose where and how many candidates run
     at once (xsearch.executors); the other executor arguments are resources per candidate.
+
+    ``task`` is the task kind (``text-classification``, ``question-answering``, ``causal-lm``;
+    ``xsearch.tasks``): without ``space``/``space_path`` it picks that kind's default space, with
+    one it must match the space's ``task_type`` (None: the space's). ``columns`` maps a role of the
+    kind (``context``, ``question``, ``answer``, ``prompt``, ``response``, ``text``, ``label``) to
+    the data's column; ``text_column``/``label_column`` are the classification ones.
 
     On ``resume=SEARCH_ID`` the settings come from the search's manifest
     (``$XLOG_HOME/searches/ID.json``); budget options given here (``budget_s``, ``max_evals``,
@@ -527,8 +574,6 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
 
     from xlog.store import LocalStore
 
-    from .data import load_task
-
     started = time.monotonic()
     store = LocalStore(store_root)
     emit = on_event or (lambda kind, info: None)
@@ -542,6 +587,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         search_id = resume
         opts = man["options"]
         data, text_column, label_column = opts["data"], opts["text_column"], opts["label_column"]
+        columns = opts.get("columns") or columns
         # Budget options given to the resume replace the recorded ones (e.g. to extend a search).
         energy_budget_kwh = energy_budget_kwh if energy_budget_kwh is not None else opts["energy_budget_kwh"]
         max_evals = max_evals if max_evals is not None else opts["max_evals"]
@@ -569,11 +615,21 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
     else:
         search_id = search_id or new_search_id()
         budget_s = float(budget_s) if budget_s is not None else 300.0
-        space = space or SearchSpace.load(space_path)
+        if space is None:
+            space = SearchSpace.load(space_path, task if space_path is None else None)
+        if task is not None and canonical_name(task) != space.task_type:
+            from .errors import XSearchError
+            raise XSearchError(f"the space {space.name!r} is for task_type {space.task_type}, not {canonical_name(task)} "
+                               "(give a space of that kind, or leave out --task)")
         initial, used_before_s, used_before_kwh, skipped_before, similar = None, 0.0, 0.0, Counter(), []
         man = {}
 
-    task = load_task(data, text_column, label_column, seed=seed, max_train=max_train, max_eval=max_eval)
+    kind = get_task_kind(space.task_type)
+    cols = dict(columns or {})
+    if kind.name == "text-classification":
+        cols = {"text": text_column, "label": label_column, **cols}
+    task = kind.load(data, cols, seed=seed, max_train=max_train, max_eval=max_eval)
+    _prepare_models(space, emit)
     work = Path(tempfile.mkdtemp(prefix=f"xsearch-{search_id}-"))
     task.save(work / "task")
     from .executors import ExecutorSettings, make_executor
@@ -581,8 +637,11 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
                                      cpus_per_candidate=cpus_per_candidate, memory_gb=memory_limit_gb,
                                      ray_address=ray_address, slurm_partition=slurm_partition)
     run_dir = Path(out_dir) / "runs" / search_id  # worker logs stay for the user
+    # A candidate that dies before writing its record gets a stand-in: it still says which task kind.
+    defaults = {"task_type": kind.name, "task_n_train": len(task.train), "task_n_eval": len(task.eval)}
     pool = make_executor(executor, exec_settings, task_dir=work / "task", space=space, store=store,
-                         search_id=search_id, task_name=task.name, seed=seed, energy=energy, work_dir=run_dir)
+                         search_id=search_id, task_name=task.name, seed=seed, energy=energy, work_dir=run_dir,
+                         record_defaults=defaults)
     import threading
     warm_err: list[BaseException] = []
 
@@ -596,9 +655,9 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
     emit("status", {"message": f"task {task.name}: {len(task.train)} train / {len(task.eval)} validation rows; {task.split_note}"})
     try:
         from xlog.hardware import probe_hardware
-        task_features = _task_features(task, space)
+        task_features = _task_features(task, space, kind)
         hardware = probe_hardware()
-        exp, est = _experience_model(store.root, search_id, use_estimators)
+        exp, est = _experience_model(store.root, search_id, use_estimators, kind.primary_metric)
         emit("status", {"message": f"experience: {len(exp)} past records; estimators "
                         + (f"fitted ({', '.join(est.fitted_targets)})" if est is not None else "not fitted (zero-shot)")})
         seeds: list[Config] = []
@@ -620,11 +679,12 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         settings = SearchSettings(budget_s=budget_s, energy_budget_kwh=energy_budget_kwh, max_evals=max_evals,
                                   population=population, seed=seed, max_candidate_s=max_candidate_s,
                                   early_stop=early_stop)
-        curve_model = _curve_model(exp) if early_stop else None
+        curve_model = _curve_model(exp, kind) if early_stop else None
         manifest = {
             "search_id": search_id, "status": "running", "space": space.to_dict(),
             "options": {"data": str(Path(data).resolve()) if data else None, "text_column": text_column,
-                        "label_column": label_column, "budget_s": budget_s, "energy_budget_kwh": energy_budget_kwh,
+                        "label_column": label_column, "task_type": kind.name, "columns": cols,
+                        "budget_s": budget_s, "energy_budget_kwh": energy_budget_kwh,
                         "max_evals": max_evals, "seed": seed, "memory_limit_gb": memory_limit_gb,
                         "population": population, "max_train": max_train, "max_eval": max_eval, "energy": energy,
                         "max_candidate_s": max_candidate_s, "out_dir": str(Path(out_dir).resolve()), "warm": warm,
@@ -643,6 +703,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         mpath = manifest_path(store.root, search_id)
         _write_json_atomic(mpath, manifest)
         emit("begin", {"search_id": search_id, "budget_s": budget_s, "used_before_s": used_before_s,
+                       "task_type": kind.name,
                        "warm_started": bool(similar), "similar_tasks": similar, "journal": len(journal)})
 
         loop: ParallelLoop
@@ -678,7 +739,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         _write_json_atomic(mpath, manifest)
         paths = __import__("xsearch.report", fromlist=["write_reports"]).write_reports(
             result, space, Path(out_dir), manifest["options"]["data"], text_column, label_column,
-            extra={"task_name": task.name, "warm_started": bool(similar), "similar_tasks": similar,
+            columns=cols, seed=seed, extra={"task_name": task.name, "task_type": kind.name, "warm_started": bool(similar), "similar_tasks": similar,
                    "experience_records": int(len(exp)), "estimators": est.fitted_targets if est is not None else []})
         emit("reports", {"paths": paths, "result": result})
         return result, paths

@@ -40,9 +40,10 @@ import pandas as pd
 
 from xlog.schema import finite_or_none
 
-from .curves import CurveModel, StopSpec
+from .curves import OBJECTIVE, CurveModel, StopSpec
 from .evaluator import Outcome
 from .space import Config, Distribution, SearchSpace, config_key
+from .tasks import objective_of
 
 log = logging.getLogger("xsearch.search")
 
@@ -578,9 +579,16 @@ class EvolutionarySearch:
         s = self.settings
         if not s.early_stop:
             return None
+        # The incumbent's quality is signed (a loss negated): the curve is read the same way, on the
+        # curve model's metric (fitted for this search's objective), else the space's task kind's.
+        if self.curve_model is not None:
+            metric, greater = self.curve_model.metric, self.curve_model.greater_is_better
+        else:
+            metric, greater = objective_of(self.space.task_type) or (OBJECTIVE, True)
         inc = self.incumbent
         if inc is None or len(self.results) < s.early_stop_after:
-            return StopSpec(None, evals_per_epoch=1).to_dict()
+            return StopSpec(None, metric=metric, greater_is_better=greater, evals_per_epoch=1).to_dict()
         model = self.curve_model.to_dict() if self.curve_model is not None and self.curve_model.is_fitted else None
-        return StopSpec(float(inc.quality), model=model, evals_per_epoch=s.evals_per_epoch,  # type: ignore[arg-type]
+        return StopSpec(float(inc.quality), metric=metric, greater_is_better=greater,  # type: ignore[arg-type]
+                        model=model, evals_per_epoch=s.evals_per_epoch,
                         extra={"incumbent_record_id": inc.record_id}).to_dict()

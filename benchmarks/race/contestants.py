@@ -43,6 +43,26 @@ K_SIMILAR = 5  # the xsearch default (run_search's k_similar)
 TPE_FAILURE_VALUE = 0.0  # failed runs are told to TPE as the worst F1 so that it learns to avoid them
 
 
+def objective(pool: TaskPool) -> tuple[str, bool]:
+    """(metric, greater is better) the held-out task is scored on: its task kind's objective (known
+    before any run: eval_f1 for classification and QA, eval_loss for causal LM)."""
+    from xsearch.tasks import objective_of
+    types = [e for e in (r.get("task_type") for runs in pool.evaluator.index.values() for r in runs[:1]) if e]
+    found = objective_of(max(set(types), key=types.count)) if types else None
+    return found or ("eval_f1", True)
+
+
+def signed_value(rec: dict[str, Any]) -> float:
+    """A logged run's primary value oriented so that higher is better (a loss negated); -inf without one."""
+    from xlog import schema as S
+    v = pd.to_numeric(pd.Series([rec.get("outcome_primary_value")]), errors="coerce").iloc[0]
+    if pd.isna(v):
+        return float("-inf")
+    gib = rec.get("outcome_greater_is_better")
+    lower = S.lower_is_better(rec.get("outcome_primary_metric")) or (gib is not None and not pd.isna(gib) and not gib)
+    return -float(v) if lower else float(v)
+
+
 def seed_for(task: str, seed: int) -> int:
     """A stable integer seed per (task, seed) so that seeds differ across tasks."""
     return zlib.crc32(f"{task}:{seed}".encode())
@@ -106,7 +126,7 @@ class KnnWarmStart:
         keys, first = set(pool.keys), []
         for name, _ in self.similar:
             g = exp[(exp["task_name"] == name) & (exp["status"] == "completed")].copy()
-            g["_q"] = pd.to_numeric(g["outcome_primary_value"], errors="coerce")
+            g["_q"] = [signed_value(r) for r in g.to_dict("records")]  # the lowest loss first
             taken = 0
             for rec in g.sort_values("_q", ascending=False).to_dict("records"):
                 cfg = pool.space.config_from_record(rec)
@@ -179,6 +199,15 @@ class OptunaTPE:
                                     sampler=optuna.samplers.TPESampler(seed=seed_for(pool.task, seed)),
                                     pruner=optuna.pruners.MedianPruner() if self.pruner else None)
         pending: dict[str, Any] = {}
+        greater = objective(pool)[1]
+        seen: list[float] = []
+
+        def failure_value() -> float | None:
+            # A score (F1) fails to 0, the worst it can be; a signed loss (negative, no floor) to the
+            # worst value seen so far, or a failed trial while none is known.
+            if greater:
+                return TPE_FAILURE_VALUE
+            return min(seen) if seen else None
 
         def propose(done: set[str]) -> Config | None:
             fresh = [c for c in pool.configs if config_key(c) not in done]
@@ -198,7 +227,12 @@ class OptunaTPE:
             if step.cut:
                 study.tell(pending["trial"], state=TrialState.FAIL)
                 return
-            value = step.quality if step.quality is not None else TPE_FAILURE_VALUE
+            value = step.quality if step.quality is not None else failure_value()
+            if step.quality is not None:
+                seen.append(step.quality)
+            if value is None:
+                study.tell(pending["trial"], state=TrialState.FAIL)
+                return
             if pending["exact"]:
                 study.tell(pending["trial"], value)
             else:  # TPE learns from the config really evaluated, not from its suggestion
@@ -291,11 +325,15 @@ class Evolutionary:
         self.curve_model = None
         if self.early_stop and has_early_stop() and len(exp):
             from xsearch.curves import CurveModel
-            self.curve_model = CurveModel().fit(exp)  # other tasks' curves only
+            metric, greater = objective(pool)  # the held-out task's objective, signed like its quality
+            self.curve_model = CurveModel(metric, greater_is_better=greater).fit(exp)  # other tasks' curves only
         if self.use_estimators and len(exp):
             from xsearch.estimators import Estimators
             from xsearch.runner import experience_predictor
-            est = Estimators().fit(exp)  # once per held-out task, on the other tasks only
+            from xsearch.estimators import metric_family
+            # Once per held-out task, on the other tasks only; quality on the held-out task's own
+            # metric family (an F1 for QA, a loss for causal LM: never the two mixed).
+            est = Estimators(quality_metric=metric_family(objective(pool)[0])).fit(exp)
             if est.is_fitted:
                 self.fitted_on = est.training_groups.get("task_name", [])
                 pred = experience_predictor(est, exp, held.features, held.hardware)(pool.configs)

@@ -12,9 +12,10 @@ import math
 import re
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from ..privacy import scrub_name, scrub_text
+from ..schema import is_score, rescale_scores
 from ..store import LocalStore
 from . import (ImportSummary, Problem, base_record, content_hash, finite, json_compact,
                resolve_timezone, stable_record_id, write_records)
@@ -80,8 +81,13 @@ _TEXT_CLS_LANDMARKER = "autogoal:tfidf-svd100-decision-tree-d5-cv5-accuracy"
 _TEXT_CLS_LANDMARKER_OLD = "autogoal:doc-length-decision-tree-d5-cv5-accuracy"
 # GenerativeTaskFeatureExtractor (11 values): samples, prompt chars mean/std, prompt TTR
 # (stop words removed), target chars mean/std, target TTR, target/prompt length ratio, vocabulary
-# novelty, prompt-target cosine similarity, ROUGE-L F1. Only the first three have a column.
-_GEN_11 = ("task_n_train", "task_chars_mean", "task_chars_std")
+# novelty, prompt-target cosine similarity, ROUGE-L F1. Samples, prompt and target lengths have a
+# column (the TTRs remove stop words, ours does not: not the same feature).
+_GEN_11 = ("task_n_train", "task_chars_mean", "task_chars_std", None, "task_answer_chars_mean",
+           "task_answer_chars_std")
+# XAutoLM's generative experiments (DROP, SQuAD) are question answering: the model generates the
+# answer from the passage and the question.
+_GEN_TASK_TYPE = "question-answering"
 
 _OOM_RE = re.compile(r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|"
                      r"can't allocate memory|cannot allocate memory", re.IGNORECASE)
@@ -91,6 +97,10 @@ _TIMEOUT_RE = re.compile(r"Exceeded allowed time for execution|timed? ?out\b|Tim
 _ELAPSED_RE = re.compile(r"\b(?:terminated|killed|stopped|aborted|interrupted|cancel+ed|timed out)\s+after\s+"
                          r"(?P<s>\d+(?:\.\d+)?)\s*(?:s|secs?|seconds?)\b", re.IGNORECASE)
 _TIME_METRICS = {"evaluation_time", "evaluation_time_s", "eval_time"}
+# Newer records also log the mean time of the training and validation phases (over cross-validation
+# steps; one step when cross_val_steps is null): times, not quality metrics.
+_PHASE_TIMES = {"time_train_mean_seconds": "outcome_train_runtime_s",
+                "time_valid_mean_seconds": "outcome_eval_runtime_s"}
 _DATE_DIR_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 TWIN_WINDOW_S = 5.0
 
@@ -169,10 +179,11 @@ def _task_features(data: Mapping[str, Any], where: str) -> tuple[dict[str, Any],
         if len(meta) != 11:
             raise SkipRecord(f"GenerativeTaskFeatureExtractor vector of length {len(meta)} (known: 11)")
         for name, v in zip(_GEN_11, meta):
-            out[name] = finite(v)
+            if name:
+                out[name] = finite(v)
         mean, std = out.get("task_chars_mean"), out.get("task_chars_std")
         out["task_chars_cv"] = std / mean if mean and std is not None else None
-        out["task_type"] = "text-generation"
+        out["task_type"] = _GEN_TASK_TYPE
     else:
         raise SkipRecord(f"unknown task feature extractor {extractor!r} for a vector of length {len(meta)}")
     for k in ("task_n_train", "task_n_classes", "task_n_eval"):
@@ -342,9 +353,12 @@ def _elapsed_from_error(error: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _outcome(data: Mapping[str, Any]) -> dict[str, Any]:
+def _outcome(data: Mapping[str, Any], percent: Iterable[str] = ()) -> dict[str, Any]:
     values, maximize, order, nonfinite = _metrics(data)
     out: dict[str, Any] = {}
+    for n, col in _PHASE_TIMES.items():
+        if values.get(n) is not None and values[n] >= 0:
+            out[col] = values[n]
     runtime = next((values[n] for n in _TIME_METRICS if n in values), None)
     if runtime is not None and runtime >= 0:
         # AutoGOAL's evaluation time is the wall time of evaluating the pipeline (fine-tuning +
@@ -356,7 +370,10 @@ def _outcome(data: Mapping[str, Any]) -> dict[str, Any]:
         elapsed = _elapsed_from_error(data.get("error"))
         if elapsed is not None:
             out["outcome_total_runtime_s"] = elapsed
-    quality = {n: v for n, v in values.items() if n not in _TIME_METRICS}
+    # Scores as fractions: a metric this source task logs on a 0-100 scale (``percent``, decided over
+    # all of the task's records by import_autogoal) is divided by 100, an obvious percentage too.
+    quality, _ = rescale_scores({n: v for n, v in values.items() if n not in _TIME_METRICS and n not in _PHASE_TIMES},
+                                percent)
     if quality:
         out["outcome_metrics"] = quality
     primary = "f1" if "f1" in quality else next((n for n in order if n in quality and maximize.get(n)), None) \
@@ -403,8 +420,12 @@ def source_key(path: Path, root: Path) -> str:
 
 def convert(data: Mapping[str, Any], key: str, raw: bytes, *, task_name_from_alias: bool = True,
             tz: tzinfo = timezone.utc, contributor: str | None = None,
-            summary: ImportSummary | None = None) -> dict[str, Any]:
-    """One AutoGOAL experience (parsed JSON) -> one record. Raises SkipRecord."""
+            summary: ImportSummary | None = None, percent: Iterable[str] | None = None) -> dict[str, Any]:
+    """One AutoGOAL experience (parsed JSON) -> one record. Raises SkipRecord.
+
+    ``percent``: metric names (normalised, e.g. ``f1``) known to be on a 0-100 scale for this
+    record's task (see ``percent_scale_metrics``); without it, only values above 1 are taken for
+    percentages."""
     summary = summary if summary is not None else ImportSummary(KIND)
     if not isinstance(data, Mapping):
         raise SkipRecord(f"top-level JSON is a {type(data).__name__}, not an object")
@@ -415,11 +436,32 @@ def convert(data: Mapping[str, Any], key: str, raw: bytes, *, task_name_from_ali
     rec.update(task)
     rec.update(_system_features(data, key, summary))
     rec.update(_pipeline(data))
-    rec.update(_outcome(data))
+    rec.update(_outcome(data, percent or ()))
     alias = data.get("alias")
     if task_name_from_alias and isinstance(alias, str) and alias.strip():
         rec["task_name"] = scrub_name(alias.strip())
     return rec
+
+
+def percent_scale_metrics(sources: Iterable[Mapping[str, Any]]) -> dict[str, set[str]]:
+    """Per task alias, the score metrics (F1, accuracy, exact match, ...) logged on a 0-100 scale.
+
+    XAutoLM logs F1 and exact match as fractions on DROP but in percent on SQuAD. A single value
+    cannot tell a poor run in percent (F1 0.8 = 0.8 %) from a fraction, so the scale is decided per
+    (task, metric) over every record of the import: a task whose finite values of a score exceed 1
+    (and stay within 100) logs it in percent, every one of its values is divided by 100."""
+    seen: dict[tuple[str, str], list[float]] = {}
+    for data in sources:
+        alias = str(data.get("alias") or "")
+        values, _, _, _ = _metrics(data)
+        for n, v in values.items():
+            if n not in _TIME_METRICS and n not in _PHASE_TIMES and is_score(n):
+                seen.setdefault((alias, n), []).append(v)
+    out: dict[str, set[str]] = {}
+    for (alias, n), vals in seen.items():
+        if max(vals) > 1 and max(vals) <= 100 and min(vals) >= 0:
+            out.setdefault(alias, set()).add(n)
+    return out
 
 
 def iter_json_files(path: Path) -> Iterator[Path]:
@@ -449,6 +491,7 @@ def import_autogoal(path: str | Path, store: LocalStore | None = None, *, task_n
     tz = resolve_timezone(timezone_name)
     summary = ImportSummary(KIND, dry_run=dry_run)
     converted: list[tuple[str, dict, str]] = []   # (where, record, pipeline signature)
+    parsed: list[tuple[Path, bytes, Any]] = []
     for f in iter_json_files(root):
         summary.read += 1
         where = str(f)
@@ -459,13 +502,19 @@ def import_autogoal(path: str | Path, store: LocalStore | None = None, *, task_n
             continue
         try:
             # Python's json accepts AutoGOAL's bare -Infinity/Infinity/NaN tokens.
-            data = json.loads(raw.decode("utf-8"))
+            parsed.append((f, raw, json.loads(raw.decode("utf-8"))))
         except (UnicodeDecodeError, ValueError) as exc:
             summary.invalid.append(Problem(where, f"not JSON ({exc})"))
-            continue
+    percent = percent_scale_metrics(d for _, _, d in parsed if isinstance(d, Mapping))
+    for alias, names in sorted(percent.items()):
+        summary.warnings.append(Problem(alias or "?", f"{', '.join(sorted(names))} logged on a 0-100 scale; "
+                                                      "recorded as fractions"))
+    for f, raw, data in parsed:
+        where = str(f)
         try:
+            alias = str(data.get("alias") or "") if isinstance(data, Mapping) else ""
             rec = convert(data, source_key(f, root), raw, task_name_from_alias=task_name_from_alias,
-                          tz=tz, contributor=contributor, summary=summary)
+                          tz=tz, contributor=contributor, summary=summary, percent=percent.get(alias))
         except SkipRecord as exc:
             summary.invalid.append(Problem(where, str(exc)))
             continue

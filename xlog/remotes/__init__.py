@@ -87,6 +87,13 @@ class Remote(ABC):
                 dest.unlink(missing_ok=True)
         return out
 
+    def file_origins(self, paths: list[str]) -> dict[str, dict]:
+        """Where each file came from: path -> ``{"commit": id, "date": ISO 8601, "pr": number or
+        None}`` (the last commit that changed it on the remote and the pull request it was merged
+        from). Readers use it to tell which of two conflicting copies was committed first, and to
+        record provenance. Remotes without history answer ``{}`` (for some or all paths)."""
+        return {}
+
     def read_text(self, path: str) -> str | None:
         """A small text file (e.g. the dataset card), or None when it is absent."""
         import tempfile

@@ -6,6 +6,14 @@ a commit is safely retried after a conflict (409/412), a rate limit (429, honour
 ``Retry-After``), a server error or a connection lost mid-request. Errors become ``RemoteError``
 messages that say what to do.
 
+Contributors without write access push through a pull request (``create_pr``): the first push
+opens one (``create_commit(create_pr=True)``), later pushes append to the same open PR (the
+newest open ``xlog push`` PR of this user, found through the discussions listing), and the
+listing a push plans from is main plus that PR, so nothing in either is sent again. With
+``create_pr=None`` (the default) a push tries main and, on the Hub's 403, says so and opens or
+extends the PR instead. Maintainers review, merge and compact through the other methods
+(``open_prs``, ``list_files_at``, ``comment``, ``merge``, ``replace``; see ``xlog.maintain``).
+
 The endpoint (``endpoint=`` or ``$HF_ENDPOINT``) is checked before the first request: a value
 that is not an http(s) URL is refused, and one that cannot be reached fails at once (one
 request, no retries), instead of after the client's retry loop for connection errors.
@@ -15,11 +23,13 @@ from __future__ import annotations
 import io
 import os
 import random
+import re
 import shutil
 import time
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, TypeVar
+from typing import Callable, Iterable, Mapping, TypeVar
 
 from . import Remote, RemoteError, RemoteNotFoundError, _ids_of
 
@@ -27,6 +37,26 @@ T = TypeVar("T")
 RETRY_STATUSES = {408, 409, 412, 429, 500, 502, 503, 504}
 REACH_TIMEOUT_S = 15.0  # the one request that checks the endpoint answers at all
 WHOLE_FILE_BYTES = 8 << 20  # read smaller data files in one request; larger ones by ranges (footer + ids)
+PR_TITLE_PREFIX = "xlog push"  # the PRs a push opens and appends to (the first commit's title)
+_PR_IN_TITLE = re.compile(r"\(#(\d+)\)\s*$")  # the Hub titles a merged PR's commit "<title> (#N)"
+
+
+class RemoteChangedError(RemoteError):
+    """A commit with ``parent_commit`` was refused: main is not at that commit any more."""
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    num: int
+    title: str
+    author: str
+    status: str
+    url: str
+    created_at: str
+
+    @property
+    def ref(self) -> str:
+        return f"refs/pr/{self.num}"
 
 
 def _httpx():
@@ -56,8 +86,17 @@ class HubRemote(Remote):
     kind = "hub"
 
     def __init__(self, repo_id: str, endpoint: str | None = None, token: str | None = None,
-                 max_retries: int | None = None, retry_base_s: float | None = None):
+                 max_retries: int | None = None, retry_base_s: float | None = None,
+                 create_pr: bool | None = None, on_message: Callable[[str], None] | None = None):
+        """``create_pr``: True pushes through a pull request, None (default) does when the token
+        cannot write to main (a 403), False never does. ``on_message`` receives what the user should
+        be told (e.g. that a PR was opened instead)."""
         self.repo_id = repo_id
+        self.create_pr = create_pr
+        self.on_message = on_message or (lambda s: None)
+        self.last_pr: PullRequest | None = None  # the PR the last commit() went to
+        self.last_pr_opened = False  # ... and whether that commit opened it
+        self._pr_paths: dict[str, str] = {}  # files listed from the open PR only -> its ref
         self._endpoint_from = "endpoint" if endpoint else "HF_ENDPOINT" if os.environ.get("HF_ENDPOINT") else None
         given = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
         self.endpoint = given.strip().rstrip("/")
@@ -116,7 +155,8 @@ class HubRemote(Remote):
             return RemoteError(f"cannot {action} {where}: not authenticated; set HF_TOKEN or run `hf auth login`")
         if status == 403:
             return RemoteError(f"cannot {action} {where}: your token has no write access to it "
-                               "(use a token with 'write' permission for that namespace)")
+                               "(use a token with 'write' permission for that namespace, or push with --create-pr "
+                               "to open a pull request)" + (f" [{msg}]" if msg else ""))
         if status == 429:
             return RemoteError(f"cannot {action} {where}: rate limited by the Hub after {self.max_retries} retries; "
                                "wait a few minutes and run it again")
@@ -145,9 +185,10 @@ class HubRemote(Remote):
             # It answered, slowly or oddly: let the real request (and its retries) decide.
         self._reached = True
 
-    def _call(self, action: str, fn: Callable[[], T], retry: bool = False) -> T:
+    def _call(self, action: str, fn: Callable[[], T], retry: bool = False,
+              never_retry: frozenset[int] = frozenset()) -> T:
         """Run a client call; with ``retry``, back off and retry transient failures (not connection
-        errors: an endpoint that cannot be reached fails at once)."""
+        errors: an endpoint that cannot be reached fails at once; not the statuses in ``never_retry``)."""
         httpx = _httpx()
         self._reach(action)
         attempt = 0
@@ -158,7 +199,7 @@ class HubRemote(Remote):
                 raise
             except Exception as exc:
                 status = _status(exc)
-                transient = status in RETRY_STATUSES or isinstance(
+                transient = (status in RETRY_STATUSES and status not in never_retry) or isinstance(
                     exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ReadTimeout))
                 if not (retry and transient and attempt < self.max_retries):
                     raise self._explain(exc, action) from exc
@@ -176,15 +217,40 @@ class HubRemote(Remote):
 
     # --- Remote interface -------------------------------------------------------------
     def ensure(self, private: bool = False) -> None:
+        """Create the repo if it does not exist. An existing repo is only looked at: a contributor
+        without write access may not create repos in its namespace, and needs not."""
         self._check_token()
+        try:
+            self._call("create", lambda: self.api.repo_info(self.repo_id, repo_type="dataset"), retry=True)
+            return
+        except RemoteNotFoundError:
+            if self.create_pr:
+                raise RemoteNotFoundError(f"cannot open a pull request on dataset {self.repo_id}: it does not exist "
+                                          "(or your token cannot see it); a maintainer creates it first") from None
         self._call("create", lambda: self.api.create_repo(self.repo_id, repo_type="dataset", private=private,
                                                           exist_ok=True))
 
     def list_files(self) -> dict[str, int]:
+        """Main's files; when pushing through a PR, plus the files of this user's open PR (so that
+        a push does not send them again)."""
+        files = self.list_files_at("main")
+        self._pr_paths = {}
+        if self.create_pr:
+            pr = self.my_open_pr()
+            if pr is not None:
+                for path, size in self.list_files_at(pr.ref).items():
+                    if path not in files:
+                        files[path] = size
+                        self._pr_paths[path] = pr.ref
+        return files
+
+    def list_files_at(self, revision: str) -> dict[str, int]:
+        """Every file at a branch or PR ref (``refs/pr/N``) -> size in bytes."""
         from huggingface_hub.hf_api import RepoFile
 
         def listing() -> dict[str, int]:
-            return {f.path: f.size for f in self.api.list_repo_tree(self.repo_id, repo_type="dataset", recursive=True)
+            return {f.path: f.size for f in self.api.list_repo_tree(self.repo_id, repo_type="dataset", recursive=True,
+                                                                    revision=revision)
                     if isinstance(f, RepoFile)}
         return self._call("list", listing, retry=True)
 
@@ -200,17 +266,166 @@ class HubRemote(Remote):
 
     def commit(self, files: Mapping[str, bytes], message: str,
                progress: Callable[[int], None] | None = None) -> str | None:
+        """One commit to main, or to this user's pull request (see the module docstring); the PR
+        it went to is ``last_pr``."""
         from huggingface_hub import CommitOperationAdd
-
-        def attempt() -> str | None:
-            # Fresh operations each try: an operation object cannot be committed twice.
-            ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=data) for p, data in files.items()]
-            info = self.api.create_commit(self.repo_id, ops, commit_message=message, repo_type="dataset")
-            return info.oid
-        oid = self._call("push to", attempt, retry=True)
+        self.last_pr, self.last_pr_opened = None, False
+        if self.create_pr:
+            oid = self._commit_pr(files, message)
+        else:
+            def attempt() -> str | None:
+                # Fresh operations each try: an operation object cannot be committed twice.
+                ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=data) for p, data in files.items()]
+                info = self.api.create_commit(self.repo_id, ops, commit_message=message, repo_type="dataset")
+                return info.oid
+            try:
+                oid = self._call("push to", attempt, retry=True)
+            except RemoteError as exc:
+                if self.create_pr is not None or _status(exc.__cause__) != 403:
+                    raise
+                self.on_message(f"your token cannot write to {self.repo_id} (HTTP 403): pushing through a pull "
+                                "request instead, for a maintainer to review and merge (--create-pr does this "
+                                "directly)")
+                self.create_pr = True
+                oid = self._commit_pr(files, message)
         if progress:
             progress(len(files))
         return oid
+
+    def _commit_pr(self, files: Mapping[str, bytes], message: str) -> str | None:
+        """Append to this user's open push PR, or open one. The PR is looked up again on every
+        try, so a retry after a lost answer appends to the PR the first try opened."""
+        from huggingface_hub import CommitOperationAdd
+
+        def attempt() -> str | None:
+            ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=data) for p, data in files.items()]
+            pr = self.my_open_pr()
+            if pr is not None:
+                info = self.api.create_commit(self.repo_id, ops, commit_message=message, repo_type="dataset",
+                                              revision=pr.ref)
+                self.last_pr, self.last_pr_opened = pr, False
+                return info.oid
+            info = self.api.create_commit(
+                self.repo_id, ops, commit_message=message, repo_type="dataset", create_pr=True,
+                commit_description="Experience records pushed with `xlog push`. A maintainer checks them with "
+                                   "`xlog review` and merges with `xlog merge`; later pushes of this contributor "
+                                   "are added to this pull request while it is open.")
+            if info.pr_num is not None:
+                self.last_pr = PullRequest(info.pr_num, message, self._whoami(), "open", info.pr_url or "", "")
+                self.last_pr_opened = True
+            return info.oid
+        return self._call("push to", attempt, retry=True)
+
+    # --- pull requests (contributors and maintainers) ------------------------------------
+    def _whoami(self) -> str:
+        if not hasattr(self, "_me"):
+            self._me = str(self._call("identify", lambda: self.api.whoami(), retry=True)["name"])
+        return self._me
+
+    def _pr(self, d) -> PullRequest:
+        return PullRequest(d.num, d.title, d.author, d.status, d.url, d.created_at.isoformat())
+
+    def open_prs(self, author: str | None = None) -> list[PullRequest]:
+        """The open (and draft) pull requests, newest first; only ``author``'s if given."""
+        def listing() -> list[PullRequest]:
+            return [self._pr(d) for d in self.api.get_repo_discussions(
+                self.repo_id, repo_type="dataset", author=author, discussion_type="pull_request",
+                discussion_status="open")]
+        return self._call("list the pull requests of", listing, retry=True)
+
+    def my_open_pr(self) -> PullRequest | None:
+        """This user's newest open PR that ``xlog push`` opened, if any."""
+        for pr in self.open_prs(author=self._whoami()):
+            if pr.title.startswith(PR_TITLE_PREFIX):
+                return pr
+        return None
+
+    def pr_info(self, num: int) -> PullRequest:
+        d = self._call("read the pull request of", lambda: self.api.get_discussion_details(
+            self.repo_id, num, repo_type="dataset"), retry=True)
+        if not d.is_pull_request:
+            raise RemoteError(f"#{num} on {self.repo_id} is a discussion, not a pull request")
+        return self._pr(d)
+
+    def pr_diff(self, num: int) -> str:
+        """The PR's diff as the Hub gives it (``diff --git a/PATH b/PATH`` per changed file)."""
+        d = self._call("read the pull request of", lambda: self.api.get_discussion_details(
+            self.repo_id, num, repo_type="dataset"), retry=True)
+        return d.diff or ""
+
+    def revision_head(self, revision: str) -> str:
+        """The commit id at a branch or PR ref."""
+        info = self._call("read", lambda: self.api.repo_info(self.repo_id, repo_type="dataset", revision=revision),
+                          retry=True)
+        return str(info.sha)
+
+    def read_text_at(self, path: str, revision: str) -> str | None:
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            dest = Path(d) / "file"
+            try:
+                self.fetch(path, dest, revision=revision)
+            except RemoteNotFoundError:
+                return None
+            return dest.read_text(encoding="utf-8", errors="replace")
+
+    def comment(self, num: int, text: str) -> None:
+        self._call("comment on", lambda: self.api.comment_discussion(self.repo_id, num, text, repo_type="dataset"),
+                   retry=True)
+
+    def merge(self, num: int, comment: str | None = None) -> str | None:
+        """Merge PR ``num`` into main; returns the merge commit id when the Hub says it."""
+        self._call("merge a pull request of", lambda: self.api.merge_pull_request(
+            self.repo_id, num, comment=comment, repo_type="dataset"))
+        return self.pr_merge_commit(num)
+
+    def pr_merge_commit(self, num: int) -> str | None:
+        d = self._call("read the pull request of", lambda: self.api.get_discussion_details(
+            self.repo_id, num, repo_type="dataset"), retry=True)
+        return d.merge_commit_oid
+
+    def head(self) -> str:
+        """The commit id at the head of main."""
+        return str(self._call("read", lambda: self.api.repo_info(self.repo_id, repo_type="dataset"), retry=True).sha)
+
+    def replace(self, add: Mapping[str, bytes | Path], delete: Iterable[str], message: str, description: str = "",
+                parent_commit: str | None = None) -> str | None:
+        """Add and delete files in ONE commit on main. With ``parent_commit`` the Hub refuses (412)
+        when main moved meanwhile: the caller planned from a state that is gone, and is told so."""
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+        delete = list(delete)
+
+        def attempt() -> str | None:
+            ops = [CommitOperationDelete(path_in_repo=p) for p in delete]
+            ops += [CommitOperationAdd(path_in_repo=p, path_or_fileobj=data if isinstance(data, bytes) else str(data))
+                    for p, data in add.items()]
+            return self.api.create_commit(self.repo_id, ops, commit_message=message, commit_description=description,
+                                          repo_type="dataset", parent_commit=parent_commit).oid
+        try:
+            # With a parent, a 412 means main moved: retrying cannot help (and must not override it).
+            return self._call("commit to", attempt, retry=True,
+                              never_retry=frozenset({409, 412}) if parent_commit else frozenset())
+        except RemoteError as exc:
+            if _status(exc.__cause__) == 412:
+                raise RemoteChangedError(f"{self.repo_id} changed while this was planned (a push or merge landed, "
+                                         "or an earlier try of this commit whose answer was lost)") from exc
+            raise
+
+    def file_origins(self, paths: list[str]) -> dict[str, dict]:
+        """Per file on main: the last commit that changed it, its date, and the PR it was merged
+        from (the Hub titles a merged PR's commit "<title> (#N)")."""
+        out: dict[str, dict] = {}
+        from huggingface_hub.hf_api import RepoFile
+        for i in range(0, len(paths), 100):
+            chunk = paths[i:i + 100]
+            infos = self._call("inspect", lambda: self.api.get_paths_info(self.repo_id, chunk, repo_type="dataset",
+                                                                         expand=True), retry=True)
+            for f in infos:
+                if isinstance(f, RepoFile) and f.last_commit is not None:
+                    m = _PR_IN_TITLE.search(f.last_commit.title or "")
+                    out[f.path] = {"commit": f.last_commit.oid, "date": f.last_commit.date.isoformat(),
+                                   "pr": int(m.group(1)) if m else None}
+        return out
 
     def read_record_ids(self, files: Mapping[str, int]) -> dict[str, list[str] | None]:
         """Read only what is needed: a small file in one request, a large one by byte ranges
@@ -222,7 +437,8 @@ class HubRemote(Remote):
         fs = HfFileSystem(endpoint=self.endpoint, token=self.token, skip_instance_cache=True)
         out: dict[str, list[str] | None] = {}
         for path, size in files.items():
-            where = f"datasets/{self.repo_id}/{path}"
+            rev = self._pr_paths.get(path)
+            where = f"datasets/{self.repo_id}" + (f"@{urllib.parse.quote(rev, safe='')}" if rev else "") + f"/{path}"
 
             def read(where: str = where, size: int = size) -> list[str] | None:
                 if size <= WHOLE_FILE_BYTES:
@@ -238,12 +454,37 @@ class HubRemote(Remote):
                 raise
         return out
 
-    def fetch(self, path: str, dest: Path) -> None:
+    def read_bytes(self, path: str, revision: str | None = None) -> bytes:
+        """A small file's bytes in one request (no download cache, no lock files): for checking
+        many small files (``xlog review``, ``xlog compact``)."""
+        from huggingface_hub import HfFileSystem
+        fs = getattr(self, "_fs", None) or HfFileSystem(endpoint=self.endpoint, token=self.token,
+                                                         skip_instance_cache=True)
+        self._fs = fs
+        rev = revision or self._pr_paths.get(path)
+        where = f"datasets/{self.repo_id}" + (f"@{urllib.parse.quote(rev, safe='')}" if rev else "") + f"/{path}"
+
+        def read() -> bytes:
+            try:
+                return fs.cat_file(where)
+            except FileNotFoundError:
+                fs.invalidate_cache()  # its folder listings are cached: the file may be newer than them
+                return fs.cat_file(where)
+        try:
+            return self._call("download from", read, retry=True)
+        except RemoteError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                raise RemoteNotFoundError(f"{path} is not on {self.repo_id}" + (f" at {rev}" if rev else "")) from exc
+            raise
+
+    def fetch(self, path: str, dest: Path, revision: str | None = None) -> None:
+        """Download one file (from main, or ``revision`` such as ``refs/pr/3``) to ``dest``."""
         from huggingface_hub import hf_hub_download
         staging = dest.parent / (".dl-" + dest.name)
+        revision = revision or self._pr_paths.get(path)
 
         def download() -> str:
-            return hf_hub_download(self.repo_id, path, repo_type="dataset", local_dir=staging,
+            return hf_hub_download(self.repo_id, path, repo_type="dataset", local_dir=staging, revision=revision,
                                    endpoint=self.endpoint, token=self.token)
         got = Path(self._call("download from", download, retry=True))
         os.replace(got, dest)

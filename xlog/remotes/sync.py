@@ -9,10 +9,18 @@ another home pushed the same record. Scrub private data from the copies to publi
 content-addressed files (see ``layout``), record the plan as pending, send everything in ONE
 commit, then mark the records pushed. ``PushResult`` says what was sent and what was already there.
 
-Pull: download the data files the mirror lacks, verify each against the hash in its name, the
-schema (bounds and string lengths included) and the privacy check, and move it into
-``$XLOG_HOME/remotes/<slug>/`` atomically; a bad file is quarantined (``LocalStore.quarantine``)
-with the reason naming its rows and fields, and remembered, never loaded, never fatal.
+Pull: download the data files the mirror lacks, first committed first (``Remote.file_origins``:
+the position of the commit in the remote's history, else its date; never the file's name), check
+each one as a reader must (``xlog.intake.check_file``: size, the hash in its name, rows, schema,
+bounds, string lengths, privacy, duplicate ids, and conflicts with the records already accepted),
+and move what stands into ``$XLOG_HOME/remotes/<slug>/`` atomically. A record is its id *and* its
+content: a later copy of an accepted id with other content is a conflict, refused and reported
+with both files named; an identical copy is the same record. Refused rows (a whole file when
+nothing of it stands) go to the store's quarantine folder (``LocalStore.quarantine``) with the
+reason, are remembered, never loaded, never fatal. The mirror keeps, per file, where it came from
+(``.xlog-pull.json``: commit, date, pull request, order of arrival) and which records it holds
+(``.xlog-index.arrow``: id and content hash), which ``xsearch.db`` reads for provenance and
+deduplication; a file the remote no longer holds leaves the mirror.
 """
 from __future__ import annotations
 
@@ -22,20 +30,24 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-import pyarrow.parquet as pq
+import pyarrow as pa
+import pyarrow.feather as feather
 
 from .. import schema as S
 from ..errors import StoreNotWritableError
+from ..intake import FileCheck, Limits, check_file, copy_rows
 from ..ledger import Ledger
-from ..privacy import scrub_record, table_leaks
+from ..privacy import scrub_record
 from ..store import BadRecordFile, LocalStore, read_and_validate
 from . import Remote, RemoteError, RemoteNotFoundError
 from . import layout as L
+from .directory import NotARegularFile
 
 REMOTES_DIR = "remotes"
 STATE_FILE = ".xlog-pull.json"
+INDEX_FILE = ".xlog-index.arrow"  # Arrow IPC: record_id and content hash of every accepted row, per file
 KEEP = object()  # contributor: keep each record's own value
 
 
@@ -61,9 +73,13 @@ class PullResult:
     remote: str
     mirror: Path
     new_files: int = 0
-    new_records: int = 0
+    new_records: int = 0  # distinct records the new files add to the mirror
     up_to_date_files: int = 0
-    quarantined: list[tuple[str, str]] = field(default_factory=list)
+    quarantined: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): files or rows refused
+    refused_records: int = 0  # rows refused (whole files included)
+    conflicts: int = 0  # rows refused because another copy of their id, with other content, stands
+    removed_files: int = 0  # files the remote no longer holds, removed from the mirror
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why): not regular files, never read
 
 
 def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
@@ -234,9 +250,15 @@ def mirror_dir(store: LocalStore, remote: Remote) -> Path:
 
 def _load_state(mirror: Path) -> dict:
     try:
-        return json.loads((mirror / STATE_FILE).read_text(encoding="utf-8"))
+        state = json.loads((mirror / STATE_FILE).read_text(encoding="utf-8"))
+        if not isinstance(state, dict):
+            raise ValueError("not an object")
     except (OSError, ValueError):
-        return {"quarantined": {}}
+        state = {}
+    state.setdefault("quarantined", {})
+    state.setdefault("files", {})
+    state.setdefault("next_seq", 1 + max((int(f.get("seq", 0)) for f in state["files"].values()), default=0))
+    return state
 
 
 def _save_state(mirror: Path, state: dict) -> None:
@@ -245,43 +267,145 @@ def _save_state(mirror: Path, state: dict) -> None:
     os.replace(tmp, mirror / STATE_FILE)
 
 
-def _check_file(path: Path, remote_path: str) -> int:
-    """Verify a downloaded data file; returns its number of rows or raises ValueError."""
-    import hashlib
-    want = L.content_hash(remote_path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    if want and not h.hexdigest().startswith(want):
-        raise ValueError(f"content hash {h.hexdigest()[:32]} does not match the name (corrupt or tampered)")
+class _Index:
+    """The mirror's index: which record (id, content hash) each accepted file holds. Pull checks new
+    files against it (conflicts) and ``xsearch.db`` reads it (the hashes, for deduplication)."""
+
+    def __init__(self, mirror: Path):
+        self.path = mirror / INDEX_FILE
+        self.files: list[str] = []
+        self.ids: list[str] = []
+        self.hashes: list[str] = []
+        try:
+            t = feather.read_table(self.path, columns=["file", "record_id", "content_hash"])
+            self.files, self.ids, self.hashes = (t.column(c).to_pylist() for c in ("file", "record_id", "content_hash"))
+        except (OSError, pa.ArrowException, KeyError):
+            pass  # none yet (or unreadable): rebuilt from the files the state lists, see pull
+        self.seen: dict[str, str] = {}
+        self.where: dict[str, str] = {}
+        self._build()
+
+    def _build(self) -> None:
+        self.seen, self.where = {}, {}
+        for f, rid, h in zip(self.files, self.ids, self.hashes):
+            self.seen.setdefault(rid, h)
+            self.where.setdefault(rid, f)
+
+    def add(self, file: str, entries: list[dict]) -> None:
+        for e in entries:
+            self.files.append(file)
+            self.ids.append(e["record_id"])
+            self.hashes.append(e["content_hash"])
+            self.seen.setdefault(e["record_id"], e["content_hash"])
+            self.where.setdefault(e["record_id"], file)
+
+    def drop(self, files: set[str]) -> None:
+        keep = [i for i, f in enumerate(self.files) if f not in files]
+        self.files, self.ids, self.hashes = ([xs[i] for i in keep] for xs in (self.files, self.ids, self.hashes))
+        self._build()
+
+    def save(self) -> None:
+        table = pa.table({"file": pa.array(self.files, pa.string()), "record_id": pa.array(self.ids, pa.string()),
+                          "content_hash": pa.array(self.hashes, pa.string())})
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        feather.write_feather(table, tmp, compression="zstd")
+        os.replace(tmp, self.path)
+
+
+@dataclass
+class MirrorInfo:
+    """What a mirror knows about its files, for readers (``xsearch.db``): the remote it mirrors,
+    per data file where it came from (``commit``, ``date``, ``pr``, ``seq``: order of arrival, first
+    committed first) and the index (an Arrow table of ``file``, ``record_id``, ``content_hash``)."""
+    remote: str
+    files: dict[str, dict]
+    index: pa.Table
+
+
+def read_mirror(mirror: Path) -> MirrorInfo:
+    """The provenance and index of a mirror folder (empty for a mirror written by an older xlog)."""
+    state = _load_state(mirror)
     try:
-        table = pq.read_table(path)
-    except Exception as exc:
-        raise ValueError(f"not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
-    problems = L.validate_for_read(table)
-    if problems:
-        raise ValueError("schema violations: " + _some(problems))
-    # This machine's user and host names say nothing about a file written elsewhere: the check
-    # is for what identifies anyone (paths, e-mail addresses, URLs, tokens).
-    leaks = table_leaks(table, identity=False)
-    if leaks:
-        raise ValueError("private data: " + _some(leaks))
-    return table.num_rows
+        index = feather.read_table(mirror / INDEX_FILE, columns=["file", "record_id", "content_hash"])
+    except (OSError, pa.ArrowException, KeyError):
+        index = pa.table({"file": pa.array([], pa.string()), "record_id": pa.array([], pa.string()),
+                          "content_hash": pa.array([], pa.string())})
+    return MirrorInfo(remote=str(state.get("remote") or mirror.name), files=state["files"], index=index)
 
 
 def _some(problems: list[str], n: int = 10) -> str:
     return "; ".join(problems[:n]) + (f" (+{len(problems) - n} more)" if len(problems) > n else "")
 
 
+def _commit_positions(remote: Remote) -> dict[str, int]:
+    """commit id -> its position in the remote's history (0 = oldest), where the remote can say;
+    dates alone cannot order two commits made in the same second."""
+    api, repo_id = getattr(remote, "api", None), getattr(remote, "repo_id", None)
+    if api is None or repo_id is None:
+        return {}
+    try:
+        commits = api.list_repo_commits(repo_id, repo_type="dataset")  # newest first
+    except Exception:  # an older server without the endpoint: dates then the order of arrival decide
+        return {}
+    return {c.commit_id: len(commits) - 1 - i for i, c in enumerate(commits)}
+
+
+def _origins(remote: Remote, paths: list[str], log: Callable[[str], None]) -> dict[str, dict]:
+    """Where each new file came from (commit, date, PR), where the remote knows (``Remote.file_origins``)."""
+    get = getattr(remote, "file_origins", None)
+    if get is None or not paths:
+        return {}
+    try:
+        origins = dict(get(paths) or {})
+    except RemoteError as exc:
+        log(f"could not learn where the new files of {remote.key} come from ({exc}); they are ordered by arrival")
+        return {}
+    if any(o.get("commit") for o in origins.values()):
+        positions = _commit_positions(remote)
+        for o in origins.values():
+            if o.get("commit") in positions:
+                o["position"] = positions[o["commit"]]
+    return origins
+
+
+def _order(paths: list[str], origins: Mapping[str, dict]) -> list[str]:
+    """First committed first: by position in the remote's history, else commit date (a directory
+    remote: when the file was put in place), files the remote says nothing about last. Never by
+    name alone: a path that sorts first (``data/v1/0000-00/...``) gains nothing."""
+    def key(p: str) -> tuple:
+        o = origins.get(p) or {}
+        pos = o.get("position")
+        return (pos is None, pos if pos is not None else 0, o.get("date") is None, str(o.get("date") or ""), p)
+    return sorted(paths, key=key)
+
+
+def _fetch(remote: Remote, path: str, dest: Path, limits: Limits) -> None:
+    from .directory import DirectoryRemote
+    if isinstance(remote, DirectoryRemote):
+        remote.fetch(path, dest, max_bytes=limits.max_bytes + 1)  # one byte over: check_file says "too big"
+    else:
+        remote.fetch(path, dest)
+
+
+def _quarantine_rows(store: LocalStore, staged: Path, rows: list[int], mirror: Path, p: str, reason: str,
+                     limits: Limits) -> None:
+    """Set the refused rows of a file aside in the store's quarantine folder (with the reason)."""
+    aside = mirror / ".incoming" / "refused" / p
+    copy_rows(staged, rows, aside, limits=limits, keep_dictionaries=True)
+    store.quarantine(aside, reason)
+
+
 def pull(remote: Remote, store: LocalStore | None = None, *, progress: bool = True,
-         log: Callable[[str], None] = lambda s: None) -> PullResult:
+         log: Callable[[str], None] = lambda s: None, limits: Limits = Limits()) -> PullResult:
     """Mirror the remote's data files that are not here yet (see the module docstring)."""
     store = store or LocalStore()
     mirror = mirror_dir(store, remote)
     result = PullResult(remote=remote.key, mirror=mirror)
     with Ledger(store.root).lock("pull-" + remote.key):
         listing = remote.list_files()
+        for p, why in sorted((getattr(remote, "skipped", None) or {}).items()):
+            result.skipped.append((p, why))
+            log(f"skipped {p} on {remote.key}: {why}")
         state = _load_state(mirror)
         state["remote"] = remote.key
         try:  # the mirror must be writable before anything is downloaded
@@ -291,38 +415,90 @@ def pull(remote: Remote, store: LocalStore | None = None, *, progress: bool = Tr
             raise StoreNotWritableError(f"cannot write the mirror {mirror}: {exc.strerror or exc}; the store root "
                                         f"{store.root} must be writable: use --home or XLOG_HOME to choose another "
                                         "one") from exc
-        quarantined: dict[str, str] = state.setdefault("quarantined", {})
-        wanted = sorted(p for p in listing if L.is_data_path(p))
-        todo = [p for p in wanted if p not in quarantined and not (mirror / p).is_file()]
+        quarantined: dict[str, str] = state["quarantined"]
+        files: dict[str, dict] = state["files"]
+        index = _Index(mirror)
+        wanted = [p for p in listing if L.is_data_path(p)]
+        # A file the remote no longer holds (removed by its maintainer, or compacted) leaves the mirror.
+        gone = {p for p in files if p not in listing}
+        if gone:
+            for p in gone:
+                (mirror / p).unlink(missing_ok=True)
+                files.pop(p, None)
+            index.drop(gone)
+            result.removed_files = len(gone)
+            log(f"removed {len(gone)} file(s) that {remote.key} no longer holds from the mirror")
+        # A file here that the state does not list (a mirror from an older xlog, or a pull that died) is
+        # checked again like a new one, from the copy here.
+        todo = [p for p in wanted if p not in quarantined and (p not in files or not (mirror / p).is_file())]
         result.up_to_date_files = len(wanted) - len(todo)
+        origins = _origins(remote, todo, log)
         incoming = mirror / ".incoming"
         from tqdm.auto import tqdm
-        for p in tqdm(todo, desc="pulling", unit="file", disable=not progress or len(todo) < 20, leave=False):
+        for p in tqdm(_order(todo, origins), desc="pulling", unit="file", disable=not progress or len(todo) < 20,
+                      leave=False):
             staged = incoming / p
             staged.parent.mkdir(parents=True, exist_ok=True)
-            remote.fetch(p, staged)
-            try:
-                rows = _check_file(staged, p)
-            except ValueError as exc:
-                reason = f"pulled from {remote.key}/{p}: {exc}"
-                store.quarantine(staged, reason)
-                quarantined[p] = str(exc)
-                result.quarantined.append((p, str(exc)))
+            if listing[p] > limits.max_bytes:  # said by the listing: not even downloaded
+                check = FileCheck(path=p, problems=[f"{listing[p]} bytes, more than the reader's limit of "
+                                                    f"{limits.max_bytes} per file"])
+            else:
+                if (mirror / p).is_file():
+                    os.replace(mirror / p, staged)
+                else:
+                    try:
+                        _fetch(remote, p, staged, limits)
+                    except NotARegularFile as exc:
+                        result.skipped.append((p, str(exc)))
+                        log(f"skipped {p} on {remote.key}: {exc}")
+                        continue
+                check = check_file(staged, p, limits=limits, seen=index.seen, origin=index.where)
+            origin = origins.get(p) or {}
+            where = f"{remote.key}/{p}" + (f" (commit {str(origin['commit'])[:12]})" if origin.get("commit") else "") \
+                + (f" (pull request #{origin['pr']})" if origin.get("pr") else "")
+            if check.problems or (check.quarantined and not check.accepted):  # nothing of it stands
+                reason = check.summary()
+                if staged.exists():
+                    store.quarantine(staged, f"pulled from {where}: {reason}")
+                quarantined[p] = reason
+                result.quarantined.append((p, reason))
+                result.refused_records += check.n_rows
+                result.conflicts += sum("conflict:" in r for _, r in check.quarantined)
                 _save_state(mirror, state)
                 continue
             dest = mirror / p
             dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, dest)
+            if check.quarantined:  # keep the rows that stand; set the others aside with the reason
+                reason = check.summary()
+                _quarantine_rows(store, staged, check.refused_rows, mirror, p, f"rows of {where}: {reason}", limits)
+                copy_rows(staged, [e["row"] for e in check.accepted], incoming / ".kept.parquet", limits=limits)
+                os.replace(incoming / ".kept.parquet", dest)
+                staged.unlink()
+                result.quarantined.append((p, reason))
+                result.refused_records += len(check.quarantined)
+                result.conflicts += sum("conflict:" in r for _, r in check.quarantined)
+            else:
+                os.replace(staged, dest)
+            files[p] = {"seq": state["next_seq"], "seen": datetime.now(timezone.utc).isoformat(),
+                        "commit": origin.get("commit"), "date": origin.get("date"), "pr": origin.get("pr"),
+                        "rows": check.n_rows, "accepted": len(check.accepted), "refused": len(check.quarantined)}
+            state["next_seq"] += 1
+            index.add(p, check.accepted)
             result.new_files += 1
-            result.new_records += rows
+            result.new_records += check.new_records
+            if result.new_files % 50 == 0:  # an interrupted pull keeps what it checked
+                index.save()
+                _save_state(mirror, state)
         if L.CARD_PATH in listing:
             try:
                 staged = incoming / L.CARD_PATH
+                staged.parent.mkdir(parents=True, exist_ok=True)
                 remote.fetch(L.CARD_PATH, staged)
                 os.replace(staged, mirror / L.CARD_PATH)
             except RemoteError as exc:
                 log(f"dataset card not mirrored: {exc}")
         shutil.rmtree(incoming, ignore_errors=True)
+        index.save()
         state["last_pull"] = datetime.now(timezone.utc).isoformat()
         _save_state(mirror, state)
     return result
