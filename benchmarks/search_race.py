@@ -13,6 +13,12 @@ candidates). Everything that learns from experience sees only the OTHER tasks' r
 data set given); it is fitted once per held-out task, not per seed. See docs/race.md.
 
     python benchmarks/search_race.py [--data FILE_OR_STORE [--space SPACE|auto]]... [--seeds 20]
+    python benchmarks/search_race.py --v2 [--metadataset benchmarks/data/metadataset_v2.parquet]
+
+``--v2`` (or ``--metadataset FILE``) races on meta-dataset v2 (configurations sampled per task,
+learning curves) with the v2 contestants: the five above, xsearch with early stopping, TPE with
+Optuna's median pruner and the expert default (race/contestants.py), and reports the runtime
+estimator's leave-one-task-out Spearman (race/runtime.py).
 
 Prints the tables, writes benchmarks/results/search_race_<data set>.json and an anytime plot each.
 
@@ -37,8 +43,8 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from race.contestants import default_contestants  # noqa: E402
-from race.metrics import REPORT_FRACTIONS, aggregate, pooled_error_rate, targets, task_summary  # noqa: E402
+from race.contestants import default_contestants, v2_contestants  # noqa: E402
+from race.metrics import REPORT_FRACTIONS, aggregate, pooled_error_rate, targets, targets_v2, task_summary  # noqa: E402
 from race.pool import HeldOut, TaskPool, Trace, hold_out, load_records  # noqa: E402
 
 DATA = REPO / "benchmarks" / "data" / "metadataset_v1.parquet"
@@ -46,6 +52,8 @@ SPACE = REPO / "benchmarks" / "metadataset" / "space.yaml"
 GENERATIVE = REPO / "benchmarks" / "data" / "metadataset_generative.parquet"
 GEN_SPACE = REPO / "benchmarks" / "metadataset" / "gen_space.yaml"
 EXTERNAL = REPO / "benchmarks" / "data" / "xautolm_dev" / "experience_store"
+DATA_V2 = REPO / "benchmarks" / "data" / "metadataset_v2.parquet"
+SPACE_V2 = REPO / "benchmarks" / "metadataset" / "space_v2.yaml"
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
 
@@ -128,7 +136,8 @@ def run_race(records: list[Mapping[str, Any]], space: Any, seeds: int = 20, budg
                  "min_pool": min_pool, "contestants": names, "report_fractions": list(REPORT_FRACTIONS),
                  "timing_s": {n: {k: round(v, 2) for k, v in d.items()} for n, d in timing.items()}},
         "aggregate": agg, "pooled_error_rate": pooled,
-        "targets": targets(agg, pooled, per_task) if {"xsearch", "zero-shot"} <= set(names) else {},
+        "targets": {**(targets(agg, pooled, per_task) if {"xsearch", "zero-shot"} <= set(names) else {}),
+                    **(targets_v2(agg) if "expert" in names else {})},
         "per_task": per_task,
     }
     return result, all_traces
@@ -144,7 +153,8 @@ def _f(v: Any, nd: int = 2) -> str:
 
 def format_tables(result: Mapping[str, Any]) -> str:
     agg, names = result["aggregate"], result["meta"]["contestants"]
-    head = (f"{'contestant':<12} " + " ".join(f"{'R@' + str(int(f * 100)) + '%':>6}" for f in REPORT_FRACTIONS)
+    width = max([12] + [len(n) for n in names])
+    head = (f"{'contestant':<{width}} " + " ".join(f"{'R@' + str(int(f * 100)) + '%':>6}" for f in REPORT_FRACTIONS)
             + f" {'err':>6} {'err25':>6} {'evals':>6} {'eval_s':>7} {'pareto':>6} {'kWh':>8} {'t->zs':>6}")
     lines = [f"Median over {result['meta']['n_tasks']} held-out tasks ({result['meta']['seeds']} seeds each; "
              f"R = normalised regret, err = error rate, err25 = error rate in the first 25% of the budget, "
@@ -152,7 +162,7 @@ def format_tables(result: Mapping[str, Any]) -> str:
              head, "-" * len(head)]
     for n in names:
         a = agg[n]
-        lines.append(f"{n:<12} " + " ".join(f"{_f(a['regret_at'][f'{f:.2f}']):>6}" for f in REPORT_FRACTIONS)
+        lines.append(f"{n:<{width}} " + " ".join(f"{_f(a['regret_at'][f'{f:.2f}']):>6}" for f in REPORT_FRACTIONS)
                      + f" {_f(a['error_rate'], 3):>6} {_f(a['error_rate_first_25pct'], 3):>6}"
                      f" {_f(a['evaluations_per_seed'], 1):>6}"
                      f" {_f(a['mean_eval_s'], 1):>7} {_f(a['pareto_count'], 1):>6} {_f(a['energy_kwh'], 5):>8}"
@@ -161,10 +171,10 @@ def format_tables(result: Mapping[str, Any]) -> str:
                  + ", ".join(f"{n} {result['pooled_error_rate'][n]:.3f}" for n in names))
     lines.append("")
     lines.append("Per task: mean regret at 25% / 100% of the budget (pool = logged configs, errors = failing ones)")
-    head2 = f"{'task':<26} {'pool':>4} {'err':>3} {'budget_s':>8} " + " ".join(f"{n[:11]:>11}" for n in names)
+    head2 = f"{'task':<26} {'pool':>4} {'err':>3} {'budget_s':>8} " + " ".join(f"{n[:13]:>13}" for n in names)
     lines += [head2, "-" * len(head2)]
     for task, t in result["per_task"].items():
-        cells = " ".join(f"{_f(t[n]['regret_at']['0.25'])}/{_f(t[n]['regret_at']['1.00'])}".rjust(11) for n in names)
+        cells = " ".join(f"{_f(t[n]['regret_at']['0.25'])}/{_f(t[n]['regret_at']['1.00'])}".rjust(13) for n in names)
         lines.append(f"{task[:26]:<26} {t['pool_size']:>4} {t['pool_errors']:>3} {t['budget_s']:>8.0f} {cells}")
     if result.get("targets"):
         lines.append("")
@@ -300,7 +310,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="seeds of the multi-objective (hypervolume) race per task; 0 skips it")
     ap.add_argument("--mo-only", action="store_true", help="run only the multi-objective race")
     ap.add_argument("--out-dir", default=str(RESULTS_DIR))
+    ap.add_argument("--v2", action="store_true",
+                    help="race on meta-dataset v2 (learning curves) with the v2 contestants (early-stopping xsearch, "
+                         "TPE with the median pruner, the expert default) and report the runtime estimator")
+    ap.add_argument("--metadataset", default=None,
+                    help=f"the v2 meta-dataset file (implies --v2; default {DATA_V2.relative_to(REPO)})")
+    ap.add_argument("--charge", choices=("cpu", "wall"), default="cpu",
+                    help="v2: charge runs their CPU seconds (default; the load of the shared machine does not "
+                         "inflate them) or their logged wall seconds")
     args = ap.parse_args(argv)
+    if args.v2 or args.metadataset:
+        return main_v2(args)
 
     from xsearch.space import SearchSpace
     t0 = time.perf_counter()
@@ -360,6 +380,78 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results[label] = result
     print(f"\nrace done in {time.perf_counter() - t0:.0f} s")
     return results
+
+
+def load_v2(path: str | Path, charge: str = "cpu") -> list[dict[str, Any]]:
+    """Meta-dataset v2's records, less the repeat runs after the first of each (they measure the
+    noise; a configuration counts once, as the replay answers it). ``charge="cpu"``: every time a
+    run logged (its runtime, its curve's elapsed seconds) becomes CPU seconds, scaled by the run's
+    CPU / wall ratio, so that a run costs what it needs and not what the load of the machine made
+    it take; the budget, the replay and everything learned from experience then count CPU seconds."""
+    import re
+    recs = [r for r in load_records(path) if not re.search(r"#([2-9]|\d{2,})$", str(r.get("search_id") or ""))]
+    if charge == "wall":
+        return recs
+    if charge != "cpu":
+        raise ValueError(f"charge must be 'cpu' or 'wall', not {charge!r}")
+    out = []
+    for r in recs:
+        cpu, wall = r.get("train_cpu_time_s"), r.get("outcome_total_runtime_s")
+        if cpu is not None and wall:
+            r = dict(r)
+            ratio = float(cpu) / float(wall)
+            r["outcome_total_runtime_s"] = float(cpu)
+            for k in ("outcome_train_runtime_s", "outcome_eval_runtime_s"):
+                if r.get(k) is not None:
+                    r[k] = float(r[k]) * ratio
+            if r.get("curve"):
+                r["curve"] = [dict(p, elapsed_s=None if p.get("elapsed_s") is None else float(p["elapsed_s"]) * ratio)
+                              for p in r["curve"]]
+        out.append(r)
+    return out
+
+
+def main_v2(args: argparse.Namespace) -> dict[str, Any]:
+    """The race on meta-dataset v2 (one data set, the v2 contestants) and the runtime estimator."""
+    from race.plot import plot_anytime
+    from race.runtime import format_runtime, runtime_report
+    from xsearch.space import SearchSpace
+    t0 = time.perf_counter()
+    path = Path(args.metadataset or DATA_V2)
+    recs = load_v2(path, args.charge)
+    space_file = (args.space or [str(SPACE_V2)])[0]
+    space = SearchSpace.from_records(recs, name="logged") if space_file == "auto" else SearchSpace.load(space_file)
+    tasks = args.tasks.split(",") if args.tasks else None
+    counts: dict[str, int] = {}
+    for r in recs:
+        counts[str(r.get("task_name"))] = counts.get(str(r.get("task_name")), 0) + 1
+    print(f"\n== metadataset_v2: {len(recs)} records from {path} ({len(counts)} tasks: "
+          + ", ".join(f"{t} {n}" for t, n in sorted(counts.items())) + f"); {args.seeds} seeds; "
+          f"budget = {args.budget_fraction:g} x pool time, charged in {args.charge} seconds", flush=True)
+    result, _ = run_race(recs, space, seeds=args.seeds, budget_fraction=args.budget_fraction, tasks=tasks,
+                         min_pool=args.min_pool, contestants=v2_contestants(args.ablations), progress=True)
+    rt = runtime_report(load_v2(path, "wall"))  # as logged: the wall time, and the CPU time beside it
+    import os
+    try:
+        data_name = str(path.resolve().relative_to(REPO))
+    except ValueError:
+        data_name = path.name
+    result["meta"].update(data=data_name, space=Path(space_file).name, runs_per_task=counts, charge=args.charge,
+                          elapsed_s=round(time.perf_counter() - t0, 1), cpu_cores=os.cpu_count())
+    result["runtime_estimator"] = rt
+    from race.contestants import RECIPES
+    result["meta"]["expert_recipes"] = RECIPES
+    print()
+    print(format_tables(result))
+    print()
+    print(format_runtime(rt))
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / "search_race_metadataset_v2.json"
+    out.write_text(json.dumps(_jsonable(result), indent=1) + "\n", encoding="utf-8")
+    png = plot_anytime(result, out_dir / "search_race_metadataset_v2_anytime.png")
+    print(f"\nwrote {out} and {png}\nrace done in {time.perf_counter() - t0:.0f} s")
+    return {"metadataset_v2": result}
 
 
 if __name__ == "__main__":

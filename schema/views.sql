@@ -38,21 +38,22 @@ FROM (
     GROUP BY task_name, outcome_primary_metric
 );
 
--- How runs fail: counts by status and error type (and the models involved).
+-- How runs fail: counts by status and error type (and the models involved). Pruned runs (stopped
+-- early by a search because they could not win) are not failures and are left out.
 CREATE OR REPLACE VIEW failures_by_cause AS
 SELECT status, coalesce(error_type, '?') AS error_type, count(*) AS n_runs,
        count(DISTINCT model_name) AS n_models, count(DISTINCT task_name) AS n_tasks,
        round(avg(outcome_total_runtime_s), 1) AS mean_runtime_s, sum(energy_kwh) AS energy_kwh
 FROM experiences
-WHERE status <> 'completed'
+WHERE status NOT IN ('completed', 'pruned')
 GROUP BY ALL;
 
 -- Failure rate of each model and fine-tuning method.
 CREATE OR REPLACE VIEW failure_rates_by_model AS
 SELECT model_name, ft_method, count(*) AS n_runs,
-       count(*) FILTER (WHERE status <> 'completed') AS n_failed,
+       count(*) FILTER (WHERE status NOT IN ('completed', 'pruned')) AS n_failed,
        count(*) FILTER (WHERE status = 'oom') AS n_oom,
-       round(count(*) FILTER (WHERE status <> 'completed') / count(*), 4) AS failure_rate
+       round(count(*) FILTER (WHERE status NOT IN ('completed', 'pruned')) / count(*), 4) AS failure_rate
 FROM experiences
 GROUP BY ALL;
 
@@ -94,6 +95,15 @@ FROM (
                                  ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS best_before
     FROM completed_runs WHERE ft_trainable_params IS NOT NULL
 ) WHERE best_before IS NULL OR quality > best_before;
+
+-- Learning curves: one row per point of each run's `curve` (kind 'train': the logged training
+-- loss; 'eval': each evaluation's metrics), with the run's identity and how it ended.
+-- `fraction` is the share of the planned training steps done at the point (null if unknown).
+CREATE OR REPLACE VIEW curves AS
+SELECT record_id, task_name, search_id, model_name, ft_method, status, outcome_primary_metric,
+       p.step, p.epoch, p.elapsed_s, p.kind, p.name, p.value,
+       CASE WHEN train_max_steps > 0 THEN p.step / train_max_steps END AS fraction
+FROM (SELECT *, unnest(curve) AS p FROM experiences WHERE curve IS NOT NULL);
 
 -- Where each record came from: the local store (source_remote = 'local') or a pulled remote, the
 -- file (its path on the remote), and the commit and pull request that added it, where known.

@@ -48,7 +48,7 @@ def test_csv_import_with_mapping(csv_file, tmp_path):
     assert summary.read == 5 and summary.imported == 3
     reasons = {p.where: p.reason for p in summary.invalid}
     assert reasons == {f"{csv_file}:3": "train_learning_rate: 'abc' is not a number",
-                       f"{csv_file}:6": "status: 'finished' is not one of completed, failed, oom, timeout, interrupted"}
+                       f"{csv_file}:6": "status: 'finished' is not one of completed, failed, oom, timeout, interrupted, pruned"}
     assert any("run" in w.reason and "notes" in w.reason for w in summary.warnings)   # unmapped columns
     recs = _by_model_time(store)
     for r in recs.values():

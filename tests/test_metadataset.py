@@ -123,6 +123,132 @@ def test_committed_records_are_valid_private_and_traceable(grid):
         len([r for r in recs if r["status"] != "interrupted"])  # resumable: no pair run twice
 
 
+# ---- meta-dataset v2: sampled configurations, learning curves ----------------------------------------
+import run_v2 as md_v2  # noqa: E402
+
+DATA_V2 = ROOT / "benchmarks" / "data" / "metadataset_v2.parquet"
+
+
+@pytest.fixture(scope="module")
+def v2():
+    settings = md_v2.load_settings()
+    space = md_v2.load_space(md_models.DEFAULT_CACHE)
+    tasks = [s.name for s in md_v2.task_specs(settings)]
+    return settings, space, tasks, md_v2.plan(space, settings, tasks)
+
+
+def test_v2_configurations_are_sampled_per_task_not_a_shared_grid(v2):
+    from xsearch.space import config_key
+    settings, space, tasks, order = v2
+    n = settings["runs_per_task"]
+    sampled = [(t, sid, c) for t, sid, c in order if ":rep" not in sid]
+    assert len(sampled) == n * len(tasks) == n * 17
+    assert len({(t, sid) for t, sid, _ in order}) == len(order)  # resumable: each pair once
+    per_task: dict[str, set[str]] = {}
+    for t, sid, c in sampled:
+        assert space.validate_config(c) == [], (t, sid)
+        assert sid == f"{md_v2.VERSION}:{md_v2.config_hash(c)}"
+        per_task.setdefault(t, set()).add(config_key(c))
+    assert all(len(keys) == n for keys in per_task.values())
+    # Different tasks get different configurations (no shared grid) ...
+    a, b = per_task[tasks[0]], per_task[tasks[1]]
+    assert len(a & b) <= 2
+    # ... and the same ones on every machine (seeded by the task's name).
+    assert md_v2.plan(space, settings, tasks) == order
+    cfgs = [c for _, _, c in sampled]
+    assert {c["model_name"] for c in cfgs} == set(space.param("model_name").values)
+    assert {c["ft_method"] for c in cfgs} == {"full", "lora", "partial"}
+    # Configurations meant to fail: learning rates that diverge, SmolLM2 full fine-tuning with big batches.
+    assert sum(c["train_learning_rate"] >= 1e-2 for c in cfgs) >= 20
+    assert any(c["model_name"] == md_models.SMOLLM2 and c["ft_method"] == "full" and c["train_batch_size"] >= 32
+               for c in cfgs)
+
+
+def test_v2_plan_is_round_robin_in_chunks_with_repeats_early(v2):
+    settings, space, tasks, order = v2
+    chunk, rep = settings["chunk"], settings["repeats"]
+    first_round = [t for t, sid, _ in order if ":rep" not in sid][: chunk * len(tasks)]
+    assert first_round == [t for t in tasks for _ in range(chunk)]  # every task's first chunk, in order
+    repeats = [(i, sid) for i, (t, sid, _) in enumerate(order) if ":rep" in sid]
+    assert len(repeats) == rep["times"] * len(rep["configs"])
+    assert all(order[i][0] == rep["task"] for i, _ in repeats)
+    assert repeats[-1][0] < (rep["every"] + 1) * len(repeats)  # all in the first runs
+    by_config: dict[str, list] = {}
+    for i, sid in repeats:
+        base, _, k = sid.partition("#")
+        by_config.setdefault(base, []).append(order[i][2])
+    assert len(by_config) == len(rep["configs"])
+    assert all(len(v) == rep["times"] and all(c == v[0] for c in v) for v in by_config.values())
+
+
+def test_v2_run_records_curve_cpu_time_and_failures_then_exports(tmp_path):
+    """Two real runs through the v2 harness (a tiny BERT from scratch on a small SMS task, in a
+    subprocess): one completes with a learning curve (4 evaluations per epoch) and its CPU time;
+    one diverges (a learning rate of 1e3: failed/Diverged, its curve kept up to there); one exceeds
+    its CPU-time limit (timeout). The export merges curve, CPU time and load into valid
+    records and adds its datasheet section after v1's."""
+    import json
+    import subprocess
+    script = f"""
+import sys, json
+from pathlib import Path
+sys.path.insert(0, {str(HARNESS)!r}); sys.path.insert(0, {str(ROOT)!r})
+import run_v2, tasks
+from xlog.store import LocalStore
+tmp = Path({str(tmp_path)!r})
+settings = run_v2.load_settings()
+space = run_v2.load_space(tmp / "cache")
+spec = tasks.TaskSpec("sms", "sms_spam_600.parquet", ["train"], [], True, 64, 40, 0)
+man = tasks.prepare_tasks(Path({str(ROOT / "examples" / "data")!r}), tmp / "cache" / "v2", [spec])
+(tmp / "cache" / "v2" / "tasks" / "manifest.json").write_text(json.dumps(man))
+store = LocalStore(tmp / "home")
+base = dict(model_name="tiny:bert-2x64", train_learning_rate=1e-3, train_epochs=1, train_batch_size=16,
+            train_max_seq_length=32, train_warmup_ratio=0.0, train_weight_decay=0.0, train_lr_scheduler="linear")
+ok = run_v2.full_config(space, dict(base, ft_method="full"))
+h = run_v2.Harness(store, space, settings, tmp / "cache", 120, 6.0)
+r1 = h.run_one("sms", Path(man["sms"]["dir"]), "metadataset-v2:ok", ok, 1)
+bad = dict(ok, train_learning_rate=1e3, train_epochs=1)  # far beyond the space: the loss explodes
+r2 = h.run_one("sms", Path(man["sms"]["dir"]), "metadataset-v2:diverged", bad, 2)
+h.cpu_limit_s = 1.0  # a CPU-time limit the run cannot meet: recorded as a timeout
+r3 = h.run_one("sms", Path(man["sms"]["dir"]), "metadataset-v2:slow", dict(ok, train_epochs=50), 3)
+print(json.dumps([r1["record_id"], r1["status"], r2["record_id"], r2["status"], r2["error_type"], r3["status"]]))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "XLOG_ENERGY": "0"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    id1, st1, id2, st2, err2, st3 = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (st1, st2, err2, st3) == ("completed", "failed", "Diverged", "timeout")
+    side = json.loads((tmp_path / "cache" / "v2" / "curves" / f"{id1}.json").read_text())
+    steps_per_epoch = 4  # 64 texts / batch 16
+    assert [p["step"] for p in side["eval"]][:4] == [1, 2, 3, 4] and len(side["eval"]) == steps_per_epoch
+    assert side["train_cpu_time_s"] > 0 and side["process_cpu_time_s"] >= side["train_cpu_time_s"] * 0.5
+    assert side["hw_load_avg"] is not None
+
+    import export as md_export
+    from xlog import schema as S
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "DATASHEET.md").write_text("# Datasheet: v1\nkept\n")
+    path = md_export.export_v2(tmp_path / "home", out_dir, tmp_path / "cache")
+    table = pq.read_table(path)
+    assert S.validate_table(table) == []
+    recs = {r["record_id"]: r for r in S.table_to_records(table)}
+    assert {id1, id2} <= set(recs) and len(recs) == 3
+    done = recs[id1]
+    fields = set(S.field_names())
+    if "curve" in fields:
+        evals = [p for p in done["curve"] if p["kind"] == "eval" and p["name"] == "eval_f1"]
+        assert len(evals) == len(side["eval"]) and evals[-1]["value"] == pytest.approx(done["outcome_primary_value"])
+        assert any(p["kind"] == "train" and p["name"] == "loss" for p in done["curve"])
+        # xlog's own CPU time when the callback logs it, else the harness's: the same span of the run
+        assert done["train_cpu_time_s"] == pytest.approx(side["train_cpu_time_s"], rel=0.5)
+        assert recs[id2]["curve"] and recs[id2]["train_cpu_time_s"] is not None  # kept up to the failure
+    sheet = (out_dir / "DATASHEET.md").read_text()
+    assert sheet.startswith("# Datasheet: v1\nkept") and "meta-dataset v2" in sheet and "failed 1" in sheet
+    md_export.export_v2(tmp_path / "home", out_dir, tmp_path / "cache")  # re-runnable: same section, once
+    assert (out_dir / "DATASHEET.md").read_text().count("meta-dataset v2 (`") == 1
+
+
 # ---- the generative meta-dataset (run_generative.py) --------------------------------------------
 GEN_DATA = ROOT / "benchmarks" / "data" / "metadataset_generative.parquet"
 
@@ -186,3 +312,20 @@ def test_committed_generative_records_are_valid_and_typed():
             assert (r["outcome_primary_metric"], r["outcome_greater_is_better"]) == want
             assert r["task_answer_tokens_mean"] is not None or r["task_type"] == "causal-lm"
         assert not any(isinstance(v, str) and find_leaks(v) for v in r.values())
+
+
+def test_datasheet_keeps_v1_v2_and_generative_sections(tmp_path):
+    """The three exports each rewrite their own part of DATASHEET.md and keep the others."""
+    import export as md_export
+    import export_generative as gx
+    sheet = tmp_path / "DATASHEET.md"
+    md_export.write_section(sheet, "# v1 A\n", v2=False)
+    sheet.write_text(gx.with_section(sheet.read_text(), "## gen A"))
+    md_export.write_section(sheet, "## v2 A\n", v2=True)
+    md_export.write_section(sheet, "# v1 B\n", v2=False)
+    md_export.write_section(sheet, "## v2 B\n", v2=True)
+    sheet.write_text(gx.with_section(sheet.read_text(), "## gen B"))
+    text = sheet.read_text()
+    assert text.startswith("# v1 B\n") and text.count(md_export.V2_MARK) == 1 and text.count(gx.START) == 1
+    assert "## v2 B" in text and "## gen B" in text and not any(x in text for x in ("A\n", "gen A", "v2 A"))
+    assert text.index("# v1 B") < text.index(md_export.V2_MARK) < text.index(gx.START)

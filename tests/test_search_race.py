@@ -258,6 +258,145 @@ def test_tasks_too_small_or_unknown_are_reported(records):
     assert result["meta"]["tasks"] == ["task_0", "task_1"] and result["targets"] == {}
 
 
+# ---- the race on data with learning curves (meta-dataset v2) ---------------------------------------
+from race.contestants import ExpertDefault, RECIPES, eval_curve, has_early_stop, recipe_distance, v2_contestants  # noqa: E402
+
+
+def with_curves(records: list[dict], evals_per_epoch: int = 4, seed: int = 0) -> list[dict]:
+    """The records with a learning curve each, as the v2 harness logs it: eval_f1 (and the training
+    loss) every 1/4 epoch, rising towards the run's final F1 with noise; a failed run's curve ends
+    early. Elapsed seconds are spread evenly over the logged runtime."""
+    rng = random.Random(seed)
+    out = []
+    for r in records:
+        r = dict(r)
+        epochs = float(r.get("train_epochs") or 1)
+        n = int(epochs * evals_per_epoch)
+        final, rt = r.get("outcome_primary_value"), float(r.get("outcome_total_runtime_s") or 0.0)
+        if r["status"] != "completed" or final is None:
+            n = max(1, n // 3)
+            final = 0.2
+        pts = []
+        for i in range(1, n + 1):
+            frac = i / (epochs * evals_per_epoch)
+            v = final * (1 - 0.6 * math.exp(-4 * frac)) + rng.gauss(0, 0.01)
+            common = {"step": 5 * i, "epoch": i / evals_per_epoch, "elapsed_s": rt * frac * 0.95}
+            pts.append({**common, "kind": "train", "name": "loss", "value": 1.0 - 0.5 * frac})
+            pts.append({**common, "kind": "eval", "name": "eval_f1", "value": float(min(max(v, 0.0), 1.0))})
+        if r["status"] == "completed":
+            pts[-1]["value"] = float(final)  # the last evaluation is the final one
+        r["curve"] = pts
+        out.append(r)
+    return out
+
+
+@pytest.fixture(scope="module")
+def curve_records(records):
+    return with_curves(records)
+
+
+def _check_budget_v2(trace: Trace, pool: TaskPool) -> None:
+    """As _check_budget, where a pruned run costs its logged time up to a logged evaluation."""
+    t = 0.0
+    for s in trace.steps:
+        entry = pool.entries[s.key]
+        t += s.cost_s
+        assert s.t_end == pytest.approx(t)
+        if s.status == "pruned":
+            stops = [e for _, e, _ in eval_curve(pool.record(entry.config))]
+            assert any(s.cost_s == pytest.approx(e) for e in stops) and s.cost_s < entry.cost_s
+            assert s.quality is None and not s.error and entry.ok
+        elif not s.cut:
+            assert s.cost_s == pytest.approx(entry.cost_s) and s.status == entry.status
+    assert trace.used_s <= trace.budget_s + 1e-6
+
+
+def test_tpe_with_median_pruner_replays_the_logged_curves(curve_records):
+    from xsearch.estimators import records_frame
+    task = "task_1"
+    pool = TaskPool(curve_records, SPACE, task)
+    tpe = OptunaTPE(pruner=True)
+    assert tpe.name == "optuna-tpe-pruned"
+    tpe.prepare(hold_out(records_frame(curve_records), task), pool)
+    traces = [tpe.run(pool, 10 * pool.grid_time_s, s) for s in range(6)]
+    pruned = [s for tr in traces for s in tr.steps if s.status == "pruned"]
+    assert pruned  # the median pruner stops some runs once 5 trials have finished
+    for tr in traces:
+        _check_budget_v2(tr, pool)
+        assert sorted(s.key for s in tr.steps) == sorted(pool.keys)  # a large budget sees the whole pool
+    # Pruning saves time: the whole pool costs less than its logged time.
+    assert min(tr.used_s for tr in traces) < pool.grid_time_s
+
+
+def test_expert_default_runs_the_recipes_nearest_configs(curve_records):
+    pool = TaskPool(curve_records, SPACE, "task_0")
+    expert = ExpertDefault()
+    picks = expert.picks(pool)
+    assert len(picks) == len(RECIPES) == 2
+    # The BERT recipe (full fine-tuning, lr 2e-5): the pool's full fine-tuning at the nearest rate.
+    full = [c for c in pool.configs if c["ft_method"] == "full"]
+    assert picks[0]["ft_method"] == "full"
+    assert recipe_distance(SPACE, RECIPES[0]["config"], picks[0]) == min(
+        recipe_distance(SPACE, RECIPES[0]["config"], c) for c in full)
+    assert picks[0]["train_learning_rate"] == 3e-5 and picks[1]["ft_method"] == "lora"
+    tr = expert.run(pool, 10 * pool.grid_time_s, 0)
+    assert [s.key for s in tr.steps] == [config_key(c) for c in picks] and tr.stop_reason == "recipes_done"
+    assert all(r["source"] for r in RECIPES)
+
+
+@pytest.mark.skipif(not has_early_stop(), reason="this xsearch has no early stopping")
+def test_early_stopping_xsearch_replays_stops_from_the_curves(curve_records):
+    from xsearch.estimators import records_frame
+    task = "task_2"
+    pool = TaskPool(curve_records, SPACE, task)
+    es = Evolutionary("xsearch-es", warm=True, estimators=True, early_stop=True)
+    es.prepare(hold_out(records_frame(curve_records), task), pool)
+    assert es.curve_model is not None
+    traces = [es.run(pool, 0.6 * pool.grid_time_s, s) for s in range(4)]
+    for tr in traces:
+        _check_budget_v2(tr, pool)
+    no_es = Evolutionary("xsearch", warm=True, estimators=True, early_stop=False)
+    no_es.prepare(hold_out(records_frame(curve_records), task), pool)
+    assert not any(s.status == "pruned" for s in no_es.run(pool, 0.6 * pool.grid_time_s, 0).steps)
+
+
+def test_v2_race_from_one_command(curve_records, tmp_path):
+    """``search_race.py --metadataset FILE``: the v2 contestants on every task, targets and the
+    runtime estimator's leave-one-task-out Spearman, on wall and on CPU time."""
+    from xlog import schema as S
+    if "curve" not in S.field_names():
+        pytest.skip("this record schema has no learning curves")
+    rng = random.Random(1)
+    recs = []
+    for r in curve_records:
+        r = dict(r)
+        if r.get("outcome_total_runtime_s") is not None:
+            r["train_cpu_time_s"] = float(r["outcome_total_runtime_s"]) * rng.uniform(0.9, 1.1)
+        recs.append(r)
+    path = tmp_path / "v2.parquet"
+    import pyarrow.parquet as pq
+    pq.write_table(S.records_to_table(recs), path)
+    space_file = tmp_path / "space.yaml"
+    import yaml
+    space_file.write_text(yaml.safe_dump(SPACE.to_dict()))
+    out = search_race.main(["--metadataset", str(path), "--space", str(space_file), "--seeds", "1",
+                            "--tasks", "task_3", "--out-dir", str(tmp_path)])
+    result = out["metadataset_v2"]
+    names = [c.name for c in v2_contestants()]
+    assert result["meta"]["contestants"] == names and {"expert", "optuna-tpe-pruned"} <= set(names)
+    assert result["meta"]["tasks"] == ["task_3"]
+    assert any(k.endswith("_within_25pct") for k in result["targets"]) == ("xsearch-es" in names)
+    # Runs are charged their CPU seconds (the default): the pool's time is the task's CPU time.
+    assert result["meta"]["charge"] == "cpu"
+    own = [r for r in recs if r["task_name"] == "task_3"]
+    assert result["per_task"]["task_3"]["grid_time_s"] == pytest.approx(sum(r["train_cpu_time_s"] for r in own))
+    rt = result["runtime_estimator"]
+    assert set(rt) == {"wall", "cpu"} and "CPU" in rt["cpu"]["learns"]
+    assert rt["wall"]["spearman"] is not None and -1 <= rt["cpu"]["spearman"] <= 1
+    saved = json.loads((tmp_path / "search_race_metadataset_v2.json").read_text())
+    assert saved["meta"]["expert_recipes"][0]["source"].startswith("BERT")
+
+
 def generative_records() -> list[dict]:
     """The constructed grid as a generative data set: tasks 0-2 causal LM (primary eval_loss, lower is
     better, loss = 2 - the simulated F1, so the same configurations win), tasks 3-4 question answering

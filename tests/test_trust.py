@@ -265,6 +265,19 @@ def test_every_bound_of_the_schema_is_enforced_at_intake(tmp_path, make_records)
             cases[f.name] = {f.name: "bogus"}
         elif f.json_type == "string" and f.max_length is not None and f.fmt is None:
             cases[f.name] = {f.name: "a" * (f.max_length + 1)}
+        elif f.json_type == "array" and f.item_fields:  # a list of objects (the learning curve)
+            point = {"step": 1, "epoch": 0.1, "elapsed_s": 1.0, "kind": "eval", "name": "eval_f1", "value": 0.5}
+            cases[f"{f.name} items"] = {f.name: [point] * (f.max_items + 1)}
+            for p in f.item_fields:
+                if p.required:
+                    cases[f"{f.name} item {p.name} missing"] = {f.name: [dict(point, **{p.name: None})]}
+                if p.enum is not None:
+                    cases[f"{f.name} item {p.name} enum"] = {f.name: [dict(point, **{p.name: "bogus"})]}
+                if p.max_length is not None:
+                    cases[f"{f.name} item {p.name} length"] = {f.name: [dict(point, **{p.name: "n" * (p.max_length + 1)})]}
+                if p.minimum is not None:
+                    cases[f"{f.name} item {p.name} min"] = {f.name: [dict(point, **{p.name: p.minimum - 1})]}
+            cases[f"{f.name} item value infinite"] = {f.name: [dict(point, value=float("inf"))]}
         elif f.json_type == "array":
             cases[f"{f.name} items"] = {f.name: ["q"] * (f.max_items + 1)}
             cases[f"{f.name} item"] = {f.name: ["q" * (f.item_max_length + 1)]}
@@ -275,6 +288,7 @@ def test_every_bound_of_the_schema_is_enforced_at_intake(tmp_path, make_records)
     cases["record_id format"] = {"record_id": "not-a-uuid"}
     cases["f1 as a percentage"] = {"outcome_primary_metric": "eval_f1", "outcome_primary_value": 87.0}
     cases["infinite"] = {"train_learning_rate": float("inf")}
+    cases["status"] = {"status": "stopped"}
     rows = []
     for i, (case, change) in enumerate(cases.items()):
         rec = dict(base, record_id=change.get("record_id", str(uuid.UUID(int=i + 1, version=4))), **{
@@ -282,6 +296,11 @@ def test_every_bound_of_the_schema_is_enforced_at_intake(tmp_path, make_records)
         assert S.validate_record(rec), case
         rows.append(rec)
     ok = make_records(3, seed=13)
+    # Learning curves and the pruned status (issue 16) are accepted as such.
+    ok[0] = dict(ok[0], status="pruned", error_type="Pruned", error_message="stopped early",
+                 curve=[{"step": 5, "epoch": 0.5, "elapsed_s": 2.0, "kind": "eval", "name": "eval_f1", "value": 0.4},
+                        {"step": 5, "epoch": 0.5, "elapsed_s": None, "kind": "train", "name": "loss", "value": None}])
+    assert S.validate_record(ok[0]) == []
     path = tmp_path / "f.parquet"
     pq.write_table(S.records_to_table(rows + ok), path)
     check = check_file(path, "data/v1/2025-01/x.parquet")

@@ -7,6 +7,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -34,6 +35,10 @@ log = logging.getLogger("xlog")
 _PRIMARY_CANDIDATES = ("eval_f1", "eval_f1_macro", "eval_macro_f1", "eval_accuracy", "eval_loss")
 HEARTBEAT_S = 30.0  # default seconds between provisional-record updates at logging steps
 FEATURES_JOIN_S = 60.0  # how long closing a record waits for the background feature probes
+MAX_CURVE_POINTS = 200  # learning-curve points kept in a record (all metrics together)
+PRUNED = "Pruned"  # error_type of a run stopped early on purpose (status pruned)
+# Logged numbers that are not learning-curve metrics (timings, throughput, the epoch counter).
+_NOT_CURVE = re.compile(r"(^epoch$|_runtime$|_per_second$|^total_flos$)")
 
 
 def _now() -> datetime:
@@ -47,6 +52,77 @@ def _peak_rss_gb() -> float | None:
         return kb * (1 if sys.platform != "darwin" else 1 / 1024) / 1e6
     except Exception:
         return None
+
+
+def _cpu_time_s() -> float | None:
+    """User + system CPU seconds of this process (all threads) and of its waited-for children."""
+    try:
+        import resource
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    except Exception:
+        return None
+
+
+def _load_avg() -> float | None:
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return None
+
+
+class _Series:
+    """One metric's curve points, bounded: every ``stride``-th logged point is kept, and when the
+    buffer fills, every other kept point is dropped and the stride doubles (so the kept points stay
+    evenly spaced in logging order); the latest point is always known. O(1) per point."""
+
+    __slots__ = ("points", "stride", "seen", "last", "buffer")
+
+    def __init__(self, buffer: int = 2 * MAX_CURVE_POINTS) -> None:
+        self.points: list[dict[str, Any]] = []
+        self.stride, self.seen = 1, 0
+        self.last: dict[str, Any] | None = None
+        self.buffer = max(int(buffer), 4)
+
+    def add(self, point: dict[str, Any]) -> None:
+        if self.seen % self.stride == 0:
+            self.points.append(point)
+            if len(self.points) >= self.buffer:
+                self.points = self.points[::2]
+                self.stride *= 2
+        self.seen += 1
+        self.last = point
+
+    def all(self) -> list[dict[str, Any]]:
+        if self.last is not None and (not self.points or self.points[-1] is not self.last):
+            return self.points + [self.last]
+        return list(self.points)
+
+
+def downsample(points: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """At most ``n`` of ``points``: the first, the last and evenly spaced ones between."""
+    if len(points) <= n:
+        return list(points)
+    if n <= 1:
+        return points[-1:] if n == 1 else []
+    idx = sorted({round(i * (len(points) - 1) / (n - 1)) for i in range(n)})
+    return [points[i] for i in idx]
+
+
+def bounded_curve(series: Mapping[tuple[str, str], list[dict[str, Any]]],
+                  max_points: int = MAX_CURVE_POINTS) -> list[dict[str, Any]]:
+    """The curve of a record from each metric's points: at most ``max_points`` in all, shared
+    between the metrics (a short series leaves its unused share to the others), in step order."""
+    out: list[dict[str, Any]] = []
+    left, todo = max_points, sorted(series.items(), key=lambda kv: len(kv[1]))
+    for i, (_, pts) in enumerate(todo):
+        share = max(left // (len(todo) - i), 2) if left >= 2 else left
+        kept = downsample(pts, share)
+        out.extend(kept)
+        left -= len(kept)
+    order = {"train": 0, "eval": 1}
+    out.sort(key=lambda p: (p["step"], order.get(p["kind"], 2), p["name"]))
+    return out[:max_points]
 
 
 def _find_trainer() -> Any:
@@ -113,6 +189,12 @@ class XLogCallback(TrainerCallback):
             with the latest numbers, so that a run killed with SIGKILL keeps them (default 30; every
             evaluation updates it too).
 
+    The record keeps the learning curve (``curve``): each evaluation's metrics and the training loss
+    at the logged steps, with step, epoch and elapsed seconds, at most ``max_curve_points`` (200) points
+    (collected in ``on_log``/``on_evaluate`` only: nothing is added to a training step). It also
+    keeps the process's CPU time (``train_cpu_time_s``) and the machine's mean load
+    (``hw_load_avg``). :meth:`prune` stops a run early on purpose (status ``pruned``).
+
     Life cycle: at train begin a provisional record is opened under ``$XLOG_HOME/provisional/``
     (invisible to queries); features that take time (task meta-features, hardware, energy metering)
     are computed in a background thread while training starts. At the end (or on an exception,
@@ -128,7 +210,8 @@ class XLogCallback(TrainerCallback):
                  primary_metric: str | None = None, greater_is_better: bool | None = None,
                  energy: bool = True, country_iso_code: str | None = None, max_seq_length: int | None = None,
                  model_name: str | None = None, extra_secrets: tuple[str, ...] = (),
-                 stop_on_divergence: bool = False, heartbeat_s: float = HEARTBEAT_S):
+                 stop_on_divergence: bool = False, heartbeat_s: float = HEARTBEAT_S,
+                 max_curve_points: int = MAX_CURVE_POINTS):
         # User-given strings are public once pushed: scrubbed now (a PrivacyWarning says what
         # changed), as LocalStore.write, `xlog validate`, push and pull check them again.
         self.user = {k: scrub_user_value(k, v) for k, v in (
@@ -147,6 +230,7 @@ class XLogCallback(TrainerCallback):
         self.extra_secrets = tuple(extra_secrets)
         self.stop_on_divergence = bool(stop_on_divergence)
         self.heartbeat_s = float(heartbeat_s)
+        self.max_curve_points = max(int(max_curve_points), 2)
         self.record: dict[str, Any] | None = None
         self.record_path: Path | None = None
         self._trainer: Any = None
@@ -169,6 +253,11 @@ class XLogCallback(TrainerCallback):
         self._diverged: str | None = None
         self._stopped_early = False
         self._warned_metrics: set[str] = set()
+        # Learning curve (per (kind, metric) series), CPU time and load samples of the open run.
+        self._series: dict[tuple[str, str], _Series] = {}
+        self._cpu0: float | None = None
+        self._loads: list[float] = []
+        self._pruned: str | None = None
 
     # ---- Trainer events -------------------------------------------------------------------
     def on_init_end(self, args, state, control, **kwargs):
@@ -208,6 +297,8 @@ class XLogCallback(TrainerCallback):
         self._last_logs.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
         if not self._active or self.record is None or self._closed:
             return control
+        if "loss" in logs:
+            self._add_points(state, "train", {"loss": logs["loss"]})
         if self._diverged is None:
             step = getattr(state, "global_step", None)
             why = loss_divergence(logs.get("loss"), self._first_loss, step) or \
@@ -234,6 +325,8 @@ class XLogCallback(TrainerCallback):
         self._eval_metrics = self._score_fractions({
             k: float(v) for k, v in metrics.items() if k != "epoch"
             and isinstance(v, (int, float)) and not isinstance(v, bool) and S.finite_or_none(v) is not None})
+        if self.record is not None:
+            self._add_points(state, "eval", {k: v for k, v in self._eval_metrics.items() if not _NOT_CURVE.search(k)})
         if self._closed and self.record is not None:
             # An evaluate() after training updates the outcome of the record already written.
             with self._lock:
@@ -251,8 +344,43 @@ class XLogCallback(TrainerCallback):
                 if name is not None:
                     self._diverged = f"trainable parameters hold NaN or infinity at the end of training (e.g. {name})"
                     log.warning("xlog: the run diverged: %s", self._diverged)
-            self._close("completed", state=state)
+            if self._pruned is not None:
+                self._close("pruned", state=state, message=self._pruned, error_type=PRUNED)
+            else:
+                self._close("completed", state=state)
         return control
+
+    # ---- learning curve and early stopping ---------------------------------------------------
+    def _add_points(self, state: Any, kind: str, values: Mapping[str, Any]) -> None:
+        """Append one point per metric (at a logging step or an evaluation, never per training step)."""
+        step = int(getattr(state, "global_step", 0) or 0)
+        epoch = S.finite_or_none(getattr(state, "epoch", None))
+        elapsed = time.monotonic() - self._t0 if self._t0 is not None else None
+        for name, v in values.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            point = {"step": step, "epoch": epoch, "elapsed_s": elapsed, "kind": kind, "name": str(name),
+                     "value": S.finite_or_none(v)}
+            series = self._series.get((kind, str(name)))
+            if series is None:
+                series = self._series[(kind, str(name))] = _Series(2 * self.max_curve_points)
+            series.add(point)
+
+    def curve(self) -> list[dict[str, Any]]:
+        """The learning curve so far, bounded (what the record's ``curve`` field holds)."""
+        return bounded_curve({k: s.all() for k, s in self._series.items()}, self.max_curve_points)
+
+    def prune(self, reason: str, control: Any = None) -> None:
+        """Stop this run early on purpose (e.g. it cannot beat the best run so far): training stops
+        at the end of the current step and the record is closed with status ``pruned``, error type
+        ``Pruned`` and ``reason`` as its message, with the partial curve and the time it used. A run
+        that diverged stays ``failed``."""
+        if self._closed or self.record is None:
+            return
+        self._pruned = str(reason)
+        if control is not None:
+            control.should_training_stop = True
+        log.info("xlog: pruning the run: %s", reason)
 
     # ---- divergence and metrics ------------------------------------------------------------
     def _set_diverged(self, why: str, state: Any, beat: bool = True) -> None:
@@ -293,6 +421,8 @@ class XLogCallback(TrainerCallback):
         self._t0 = time.monotonic()
         self._closed = False
         self._first_loss, self._diverged, self._stopped_early = None, None, False
+        self._series, self._pruned, self._cpu0 = {}, None, _cpu_time_s()
+        self._loads = [x for x in (_load_avg(),) if x is not None]
         self._bg, self._job, self._last_beat = None, None, 0.0
         rec: dict[str, Any] = {name: None for name in S.field_names()}
         rec.update(record_id=S.new_record_id(), schema_version=S.CURRENT_VERSION, created_at=_now(),
@@ -456,6 +586,16 @@ class XLogCallback(TrainerCallback):
             time.monotonic() - self._t0 if self._t0 else None)
         rec["outcome_train_samples_per_s"] = S.finite_or_none(logs.get("train_samples_per_second"))
         rec["outcome_eval_runtime_s"] = S.finite_or_none(metrics.get("eval_runtime"))
+        # Curve, CPU time and load: sampled here (heartbeats, evaluations, close), never per step.
+        rec["curve"] = self.curve() or None
+        cpu = _cpu_time_s()
+        if cpu is not None and self._cpu0 is not None:
+            rec["train_cpu_time_s"] = max(cpu - self._cpu0, 0.0)
+        load = _load_avg()
+        if load is not None:
+            self._loads.append(load)
+        if self._loads:
+            rec["hw_load_avg"] = sum(self._loads) / len(self._loads)
 
     def _greater_is_better(self, primary: str) -> bool:
         """The primary metric's direction: the user's ``greater_is_better``; for a metric named as a
@@ -494,10 +634,11 @@ class XLogCallback(TrainerCallback):
                 return
             self._closed = True
             rec = self.record
-            if self._diverged and status in ("completed", "interrupted"):
+            if self._diverged and status in ("completed", "interrupted", "pruned"):
                 # A diverged run is a failure of its configuration, however it ended.
                 how = ("training was stopped there (stop_on_divergence)" if self._stopped_early and status == "completed"
                        else "training then ran to its end" if status == "completed"
+                       else "then the run was pruned" if status == "pruned"
                        else f"then the run was interrupted ({message or (type(exc).__name__ if exc else 'exit')})")
                 status, exc, error_type, message = "failed", None, DIVERGED, f"{self._diverged}; {how}"
             state = state if state is not None else getattr(self._trainer, "state", None)

@@ -126,6 +126,9 @@ def show_cmd(store: LocalStore, record_id: str, as_json: bool) -> None:
             continue
         if isinstance(v, dict):
             v = ", ".join(f"{k}={x:.4g}" for k, x in v.items())
+        elif f.item_fields and isinstance(v, list):  # the learning curve: a summary (--json has every point)
+            names = sorted({str(p.get("name")) for p in v})
+            v = f"{len(v)} points up to step {max((p.get('step') or 0) for p in v)} ({', '.join(names)})"
         unit = f" {units[f.name]}" if units.get(f.name) and not isinstance(v, str) else ""
         click.echo(f"  {f.name:32s} {_jsonable(v)}{unit}")
 

@@ -276,6 +276,36 @@ def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t)
 
 
+def _item_problems(items: pa.Array, item_fields: tuple) -> pa.Array:
+    """Per item of a list of structs (a learning curve's points): whether it breaks its item schema
+    (a required property missing, a string over its length or outside its enum, a number below its
+    minimum or not finite), as ``schema._check_item`` judges one point."""
+    flagged = pa.array([False] * len(items), pa.bool_())
+    names = {items.type.field(i).name for i in range(items.type.num_fields)}
+    for p in item_fields:
+        if p.name not in names:
+            if p.required:
+                flagged = pc.or_(flagged, pc.is_valid(items))
+            continue
+        v = pc.struct_field(items, p.name)
+        if pa.types.is_dictionary(v.type):
+            v = v.dictionary_decode()
+        hit = pc.is_null(v) if p.required else pa.array([False] * len(items), pa.bool_())
+        if p.json_type == "string" and _is_string(v.type):
+            if p.max_length is not None:
+                hit = pc.or_(hit, pc.fill_null(pc.greater(pc.utf8_length(v), p.max_length), False))
+            if p.enum is not None:
+                hit = pc.or_(hit, pc.fill_null(pc.invert(pc.is_in(v, value_set=pa.array(list(p.enum), pa.string()))),
+                                               False))
+        elif p.json_type in ("integer", "number") and (pa.types.is_integer(v.type) or pa.types.is_floating(v.type)):
+            if pa.types.is_floating(v.type):
+                hit = pc.or_(hit, pc.fill_null(pc.invert(pc.is_finite(v)), False))
+            if p.minimum is not None:
+                hit = pc.or_(hit, pc.fill_null(pc.less(v, p.minimum), False))
+        flagged = pc.or_(flagged, hit)
+    return pc.and_(flagged, pc.is_valid(items))
+
+
 def _bounds_mask(values: Any, lo: float | None, hi: float | None) -> Any:
     m = None
     if lo is not None:
@@ -356,6 +386,8 @@ def _suspect_rows(batch: pa.Table) -> set[int]:
             bad.update(_parents(col, pc.is_null(items)))
             if f.item_max_length is not None and _is_string(items.type):
                 bad.update(_parents(col, pc.greater(_length(items), f.item_max_length)))
+            if f.item_fields and pa.types.is_struct(items.type):
+                bad.update(_parents(col, _item_problems(items, f.item_fields)))
         elif f.json_type == "object":
             col = _as_pairs(col)
             parts = _metric_parts(col)

@@ -250,7 +250,11 @@ def scrub_value(field: str, value: Any, *, identity: bool = True,
         kinds: tuple[str, ...] = ()
         items = []
         for x in value:
-            y, k = (_scrub_string("text", x, identity, secrets) if isinstance(x, str) else (x, ()))
+            if isinstance(x, Mapping) and isinstance(x.get("name"), str):  # a learning-curve point
+                name, k = _scrub_string("text", x["name"], identity, secrets)
+                y = {**x, "name": name} if k else x
+            else:
+                y, k = (_scrub_string("text", x, identity, secrets) if isinstance(x, str) else (x, ()))
             items.append(y)
             kinds += tuple(a for a in k if a not in kinds)
         return (items if kinds else value), kinds

@@ -16,7 +16,9 @@ import pyarrow as pa
 
 CURRENT_VERSION = 1
 METRIC_STRUCT = pa.struct([("name", pa.string()), ("value", pa.float64())])
-STATUSES = ("completed", "failed", "oom", "timeout", "interrupted")
+STATUSES = ("completed", "failed", "oom", "timeout", "interrupted", "pruned")
+# Statuses that are failures of a run's configuration (``pruned`` and ``interrupted`` are not).
+FAILURE_STATUSES = ("failed", "oom", "timeout")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,20 @@ class Field:
     item_max_length: int | None = None
     key_max_length: int | None = None
     key_bounds: tuple[tuple[str, float | None, float | None, str], ...] = ()
+    # Arrays of objects (the learning curve): the items' properties, in order.
+    item_fields: tuple["ItemField", ...] = ()
+
+
+@dataclass(frozen=True)
+class ItemField:
+    """One property of the objects in an array field (e.g. a learning-curve point)."""
+
+    name: str
+    json_type: str  # string | integer | number
+    required: bool
+    minimum: float | None = None
+    enum: tuple | None = None
+    max_length: int | None = None
 
 
 @dataclass(frozen=True)
@@ -72,14 +88,28 @@ def fields(version: int = CURRENT_VERSION) -> tuple[Field, ...]:
         items = p.get("items") or {}
         key_bounds = tuple((pat, sub.get("minimum"), sub.get("maximum"), sub.get("description", ""))
                            for pat, sub in (p.get("patternProperties") or {}).items())
+        item_fields = tuple(_item_field(n, sub, n in set(items.get("required", [])))
+                            for n, sub in (items.get("properties") or {}).items()) if items.get("type") == "object" else ()
         out.append(Field(name, json_type, name in required, p.get("description", ""),
                          p.get("unit"), p.get("group", ""), p.get("format"), enum,
                          p.get("minimum"), p.get("maximum"),
                          max_length=p.get("maxLength"), max_items=p.get("maxItems", p.get("maxProperties")),
                          item_max_length=items.get("maxLength"),
                          key_max_length=(p.get("propertyNames") or {}).get("maxLength"),
-                         key_bounds=key_bounds))
+                         key_bounds=key_bounds, item_fields=item_fields))
     return tuple(out)
+
+
+def _item_field(name: str, p: Mapping[str, Any], required: bool) -> ItemField:
+    types = p["type"] if isinstance(p["type"], list) else [p["type"]]
+    json_type = next(t for t in types if t != "null")
+    if json_type not in ("string", "integer", "number"):
+        raise ValueError(f"array item property {name!r}: unsupported type {json_type!r}")
+    return ItemField(name, json_type, required, p.get("minimum"),
+                     tuple(p["enum"]) if "enum" in p else None, p.get("maxLength"))
+
+
+_ITEM_ARROW = {"string": pa.string(), "integer": pa.int64(), "number": pa.float64()}
 
 
 @lru_cache(maxsize=None)
@@ -145,6 +175,8 @@ def _arrow_type(f: Field) -> pa.DataType:
     if f.json_type == "boolean":
         return pa.bool_()
     if f.json_type == "array":
+        if f.item_fields:  # a list of structs (the learning curve): nested, as DuckDB and datasets read it
+            return pa.list_(pa.struct([(i.name, _ITEM_ARROW[i.json_type]) for i in f.item_fields]))
         return pa.list_(pa.string())
     if f.json_type == "object":
         # A list of (name, value) structs rather than an Arrow map: every Parquet reader
@@ -206,6 +238,16 @@ def _check_value(f: Field, v: Any) -> str | None:
     elif t == "boolean":
         if not isinstance(v, bool):
             return f"{f.name}: expected true/false, got {type(v).__name__} {v!r}"
+    elif t == "array" and f.item_fields:
+        if not isinstance(v, (list, tuple)):
+            return f"{f.name}: expected a list of objects"
+        if f.max_items is not None and len(v) > f.max_items:
+            return f"{f.name}: {len(v)} items, more than the maximum {f.max_items}"
+        for i, item in enumerate(v):
+            p = _check_item(f, i, item)
+            if p:
+                return p
+        return None
     elif t == "array":
         if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
             return f"{f.name}: expected a list of strings"
@@ -224,7 +266,7 @@ def _check_value(f: Field, v: Any) -> str | None:
         return _bounds_problem(f.name, v, f.minimum, f.maximum)
     if t == "string" and f.max_length is not None and isinstance(v, str) and len(v) > f.max_length:
         return f"{f.name}: {len(v)} characters, longer than the maximum {f.max_length}"
-    if t == "array":
+    if t == "array" and not f.item_fields:
         if f.max_items is not None and len(v) > f.max_items:
             return f"{f.name}: {len(v)} items, more than the maximum {f.max_items}"
         if f.item_max_length is not None:
@@ -246,6 +288,38 @@ def _check_value(f: Field, v: Any) -> str | None:
                     p = _bounds_problem(f"{f.name}[{k}]", x, lo, hi, note)
                     if p:
                         return p
+    return None
+
+
+def _check_item(f: Field, i: int, item: Any) -> str | None:
+    """The first problem of one object of an array field (e.g. a curve point), or None."""
+    where = f"{f.name}[{i}]"
+    if not isinstance(item, Mapping):
+        return f"{where}: expected an object, got {type(item).__name__}"
+    known = {p.name for p in f.item_fields}
+    extra = next((k for k in item if k not in known), None)
+    if extra is not None:
+        return f"{where}: {extra!r} is not a property of its items ({', '.join(sorted(known))})"
+    for p in f.item_fields:
+        v = item.get(p.name)
+        if v is None:
+            if p.required:
+                return f"{where}.{p.name}: required property is missing"
+            continue
+        if p.json_type == "string":
+            if not isinstance(v, str):
+                return f"{where}.{p.name}: expected a string, got {type(v).__name__}"
+            if p.max_length is not None and len(v) > p.max_length:
+                return f"{where}.{p.name}: {len(v)} characters, longer than the maximum {p.max_length}"
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or (
+                p.json_type == "integer" and not isinstance(v, int)):
+            return f"{where}.{p.name}: expected {'an integer' if p.json_type == 'integer' else 'a number'}, got {v!r}"
+        elif not math.isfinite(float(v)):
+            return f"{where}.{p.name}: {v!r} is not a finite number (store null for unknown values)"
+        if p.enum is not None and v not in p.enum:
+            return f"{where}.{p.name}: {_show(v)} is not one of {', '.join(map(str, p.enum))}"
+        if p.minimum is not None and isinstance(v, (int, float)) and v < p.minimum:
+            return f"{where}.{p.name}: {v!r} is below the minimum {_num(p.minimum)}"
     return None
 
 
@@ -401,7 +475,9 @@ def bounds_text(f: Field) -> str:
         parts.append(f"<= {_num(f.maximum)}")
     if f.max_length is not None and f.fmt != "uuid":
         parts.append(f"<= {f.max_length} chars")
-    if f.json_type == "array" and f.max_items is not None:
+    if f.json_type == "array" and f.item_fields:
+        parts.append(f"<= {f.max_items} points" if f.max_items is not None else "")
+    elif f.json_type == "array" and f.max_items is not None:
         parts.append(f"<= {f.max_items} items of <= {f.item_max_length} chars")
     if f.json_type == "object":
         if f.max_items is not None:

@@ -91,7 +91,8 @@ class ProgressView:
             left = max(self.budget_s - used, 0.0)
             inc = s.search.incumbent if hasattr(s, "search") else None
             t.add_row("generation", str(s.generation))
-            t.add_row("evaluations", f"{len(s.evaluations)}  (failed {sum(1 for e in s.evaluations if e.outcome.status in ('failed', 'oom', 'timeout'))})")
+            t.add_row("evaluations", f"{len(s.evaluations)}  (failed {sum(1 for e in s.evaluations if e.outcome.status in ('failed', 'oom', 'timeout'))}, "
+                      f"pruned {sum(1 for e in s.evaluations if e.outcome.status == 'pruned')})")
             t.add_row("skipped", ", ".join(f"{k}={v}" for k, v in s.skipped.items()) or "0")
             t.add_row("incumbent", f"{self.kind.format_metric(inc.quality)}  {_fmt_cfg(inc.config)}" if inc else "-")
             t.add_row("budget", f"{used:,.0f} s used, {left:,.0f} s left of {self.budget_s:,.0f} s"
@@ -120,6 +121,8 @@ class ProgressView:
             ev = info["evaluation"]
             o = ev.outcome
             q = self.kind.format_metric(o.quality) if o.quality is not None else o.status
+            if o.status == "pruned":  # stopped early: its value is the partial one at the stop
+                q = f"pruned at {o.stopped_at or 0:.0%}" + (f" ({q})" if o.quality is not None else "")
             src = " (from the journal)" if o.from_journal else f" in {o.wall_s:.0f} s"
             self.lines.append(f"[{'green' if o.ok else 'red'}]{q}[/]{src}  {_fmt_cfg(o.config)}")
             self.current = None
@@ -186,6 +189,9 @@ def register(main: click.Group) -> None:
                   help="What the incumbent (best_config.py) is: the best quality (default), or on the quality-vs-"
                        "cost front the cheapest run within 0.01 of the best quality; fronts for all three costs "
                        "are written either way (pareto_params/runtime/energy.csv and .png).")
+    @click.option("--no-early-stop", is_flag=True,
+                  help="Run every candidate to its end: no evaluations within epochs, no pruning of candidates "
+                       "whose learning curve cannot beat the best (recorded in the manifest).")
     def run_cmd(data: str | None, task: str | None, text_column: str, label_column: str, columns: dict[str, str],
                 budget: float, energy_budget: float | None,
                 max_evals: int | None, space_path: str | None, out_dir: str, resume: str | None, seed: int,
@@ -193,7 +199,8 @@ def register(main: click.Group) -> None:
                 max_eval: int | None,
                 max_candidate_time: float | None, zero_shot: bool, no_energy: bool, plain: bool, executor: str,
                 workers: int, gpus_per_candidate: float | None, cpus_per_candidate: float,
-                ray_address: str | None, slurm_partition: str | None, objective: str | None) -> None:
+                ray_address: str | None, slurm_partition: str | None, objective: str | None,
+                no_early_stop: bool) -> None:
         """Search model x fine-tuning method x hyperparameters for a text-classification,
         question-answering or causal-LM task within a budget; every candidate is a real
         fine-tuning recorded in the store."""
@@ -231,7 +238,8 @@ def register(main: click.Group) -> None:
                 max_train=max_train, max_eval=max_eval, warm=not zero_shot, use_estimators=not zero_shot, energy=not no_energy,
                 max_candidate_s=cand_s, on_event=on_event, executor=executor, workers=workers,
                 gpus_per_candidate=gpus_per_candidate, cpus_per_candidate=cpus_per_candidate,
-                ray_address=ray_address, slurm_partition=slurm_partition, objective=objective)
+                ray_address=ray_address, slurm_partition=slurm_partition, objective=objective,
+                early_stop=not no_early_stop)
         except (DataError, SpaceError, EvaluatorError, FileNotFoundError, XSearchError) as exc:
             raise click.ClickException(str(exc)) from None
         finally:
@@ -239,7 +247,8 @@ def register(main: click.Group) -> None:
                 live.stop()
         best = result.incumbent
         console.print(f"\nsearch [bold]{result.search_id}[/bold] stopped: {result.stop_reason}; "
-                      f"{len(result.evaluations)} evaluations ({result.n_failed} failed), "
+                      f"{len(result.evaluations)} evaluations ({result.n_failed} failed"
+                      + (f", {result.n_pruned} pruned early" if result.n_pruned else "") + "), "
                       f"{sum(result.skipped.values())} skipped, {result.used_s:.0f} s of {result.budget_s:.0f} s used"
                       + (f" ({result.compute_s:.0f} s of compute on {result.workers} workers)" if result.workers > 1 else ""))
         if best is not None:

@@ -30,7 +30,12 @@ Prediction columns (``PREDICTION_COLUMNS``; NaN where an estimator is not fitted
 - ``p_fail``, ``p_oom``: probability of status failed / oom / timeout (resp. oom), Platt-calibrated
   on out-of-group predictions of the same inner cross-validation (boosted trees on a few hundred
   records are overconfident). Interrupted runs (stopped by a person or the machine, not by the
-  configuration) are left out.
+  configuration) are left out, and so are pruned runs (stopped early on purpose by a search's
+  early stopping: not a failure of their configuration).
+
+Pruned runs teach no target: their F1 at the stopping point is not a final value (quality learns
+from completed runs only; a partial value is not used, not even as a lower bound), and their time
+is not a full run's (runtime learns from completed runs only).
 
 The honest evaluation (grouped cross-validation, per held-out group, against baselines) is in
 ``xsearch.estimator_report``; ``grouped_cv_report``, ``format_report`` and ``grouped_folds`` are
@@ -270,7 +275,8 @@ def energy_target(experiences: pd.DataFrame) -> pd.Series:
 
 def failure_target(experiences: pd.DataFrame, statuses: Iterable[str] = FAILED_STATUSES) -> pd.Series:
     """1.0 for runs that failed with one of ``statuses``, 0.0 for other failures or completed runs,
-    NaN for interrupted runs (a person or the machine stopped them, not the configuration)."""
+    NaN for interrupted runs (a person or the machine stopped them, not the configuration) and for
+    pruned runs (stopped early on purpose by a search: not an outcome of their configuration)."""
     status = _column(experiences, "status")
     y = status.isin(list(statuses)).astype(float)
     known = status.isin(["completed", *FAILED_STATUSES])

@@ -37,7 +37,8 @@ from .space import SearchSpace, config_key
 from .tasks import objective_of
 
 log = logging.getLogger("xsearch.evaluator")
-FINISHED = ("completed", "failed", "oom", "timeout")  # "interrupted" runs may be run again
+# "interrupted" runs may be run again; "pruned" ones were stopped on purpose (xsearch.curves).
+FINISHED = ("completed", "failed", "oom", "timeout", "pruned")
 _OOM_MARKERS = ("can't allocate memory", "cannot allocate memory", "out of memory", "memoryerror",
                 "std::bad_alloc", "memory allocation of")
 
@@ -64,6 +65,7 @@ class Outcome:
     error: str | None = None
     from_journal: bool = False
     trainable_params: float | None = None  # ft_trainable_params of the record (the params cost of a front)
+    stopped_at: float | None = None  # pruned: the fraction of training done when it was stopped
 
     @property
     def key(self) -> str:
@@ -102,14 +104,20 @@ class Outcome:
         q = float(q) if q is not None and math.isfinite(float(q)) else None
         if q is not None and not greater:
             q = -q
+        stopped = None
+        if rec.get("status") == "pruned" and rec.get("outcome_steps_completed") is not None and rec.get("train_max_steps"):
+            stopped = min(float(rec["outcome_steps_completed"]) / float(rec["train_max_steps"]), 1.0)
         return cls(dict(config), str(rec.get("status")), q, {k: float(v) for k, v in metrics.items() if v is not None},
                    float(runtime) if runtime is not None else None, float(wall_s),
                    float(rec["energy_kwh"]) if rec.get("energy_kwh") is not None else None,
-                   rec.get("record_id"), rec.get("error_message"),
+                   rec.get("record_id"), rec.get("error_message"), stopped_at=stopped,
                    trainable_params=float(rec["ft_trainable_params"]) if rec.get("ft_trainable_params") is not None else None)
 
 
 class Evaluator(Protocol):
+    """Runs candidates. An evaluator that can stop a candidate early also takes the keyword
+    ``early_stop`` (a ``xsearch.curves.StopSpec`` as a dict, or None) in ``evaluate``."""
+
     def evaluate(self, config: dict[str, Any], timeout_s: float) -> Outcome: ...
 
     def close(self) -> None: ...
@@ -153,15 +161,17 @@ def stand_in_record(record_id: str, config: Mapping[str, Any], status: str, erro
 
 def candidate_job(config: Mapping[str, Any], space: SearchSpace, record_id: str, *, search_id: str | None,
                   task_name: str | None, seed: int = 0, energy: bool = True, memory_limit_gb: float | None = None,
-                  env: Mapping[str, str] | None = None) -> dict[str, Any]:
+                  env: Mapping[str, str] | None = None, early_stop: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What a worker needs to run one candidate, less where its files go (the caller adds
-    ``data_dir``, ``store``, ``output_dir``, ``result_path`` and ``parent_pid``)."""
+    ``data_dir``, ``store``, ``output_dir``, ``result_path`` and ``parent_pid``). ``early_stop``: a
+    ``xsearch.curves.StopSpec`` as a dict (evaluations per epoch, and when to stop), or None
+    (one evaluation per epoch, never stopped)."""
     method = str(config.get("ft_method"))
     return {"config": dict(config), "search_id": search_id, "task_name": task_name, "record_id": record_id,
             "task_type": space.task_type, "task_options": dict(space.task_options),
             "model_spec": space.model_spec(config["model_name"]), "method_spec": space.methods.get(method, {}),
             "seed": seed, "memory_limit_bytes": int(memory_limit_gb * 2**30) if memory_limit_gb else None,
-            "energy": energy, "env": dict(env or {})}
+            "energy": energy, "env": dict(env or {}), "early_stop": dict(early_stop) if early_stop else None}
 
 
 def died_record(record_id: str, config: Mapping[str, Any], timed_out: bool, code: int | None, log_path: Path,
@@ -301,10 +311,13 @@ class SubprocessEvaluator:
 
     def evaluate(self, config: dict[str, Any], timeout_s: float, *, task_dir: Path | None = None,
                  task_name: str | None = None, search_id: str | None = None,
-                 record_defaults: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Outcome:
+                 record_defaults: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
+                 early_stop: Mapping[str, Any] | None = None) -> Outcome:
         """Run one candidate. The keyword arguments replace the evaluator's task and search for this
         call only: one fork server can serve many tasks (the meta-dataset harness does). ``env``:
-        environment variables of the candidate's process (e.g. ``CUDA_VISIBLE_DEVICES``). Safe to
+        environment variables of the candidate's process (e.g. ``CUDA_VISIBLE_DEVICES``).
+        ``early_stop``: a ``StopSpec`` dict (``xsearch.curves``): the worker evaluates several times
+        per epoch and stops the candidate (status ``pruned``) when its curve cannot win. Safe to
         call from several threads at once."""
         task_dir = Path(task_dir).resolve() if task_dir is not None else self.task_dir
         task_name = task_name if task_name is not None else self.task_name
@@ -317,7 +330,8 @@ class SubprocessEvaluator:
         cand_dir.mkdir(parents=True, exist_ok=True)
         record_id = S.new_record_id()
         job = candidate_job(config, self.space, record_id, search_id=search_id, task_name=task_name,
-                            seed=self.seed, energy=self.energy, memory_limit_gb=self.memory_limit_gb, env=env)
+                            seed=self.seed, energy=self.energy, memory_limit_gb=self.memory_limit_gb, env=env,
+                            early_stop=early_stop)
         job.update(data_dir=str(task_dir), store=str(self.store.root), output_dir=str(cand_dir / "trainer"),
                    result_path=str(cand_dir / "result.json"), parent_pid=os.getpid())
         job_path, log_path = cand_dir / "job.json", cand_dir / "worker.log"

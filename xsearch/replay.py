@@ -9,6 +9,13 @@ median runtime of its completed runs (a failure usually ends before a success wo
 ``failure_cost_s`` sets one figure instead; ``imputed`` lists the configs charged so). Configs
 that were never logged raise ``NotLogged``. Used by benchmarks and tests to compare search strategies
 on the same ground truth at no training cost.
+
+Early stopping is replayed from the logged learning curves: given ``early_stop`` (a
+``xsearch.curves.StopSpec`` dict, as the search hands a live worker), a completed run whose
+curve would have been stopped at some evaluation is answered as ``pruned``, costing the time
+logged up to that evaluation (its ``elapsed_s``, plus ``overhead_s``); a run without a curve
+runs to its logged end. Only runs that were not themselves pruned are replayed (a pruned log
+has no end to replay).
 """
 from __future__ import annotations
 
@@ -17,8 +24,11 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from .curves import CurveModel, StopPoint, StopSpec, replay_stop
 from .evaluator import FINISHED, Outcome
 from .space import SearchSpace, config_key
+
+REPLAYED = tuple(s for s in FINISHED if s != "pruned")
 
 
 class NotLogged(LookupError):
@@ -45,7 +55,7 @@ class ReplayEvaluator:
         for rec in records:
             if task_name is not None and rec.get("task_name") != task_name:
                 continue
-            if rec.get("status") not in FINISHED:
+            if rec.get("status") not in REPLAYED:
                 continue
             cfg = space.config_from_record(rec)
             if cfg is not None:
@@ -56,6 +66,8 @@ class ReplayEvaluator:
         self.imputed_cost_s = self._imputed_costs()
         self.imputed: set[str] = set()
         self.calls = 0
+        self.pruned: dict[str, StopPoint] = {}  # config key -> where early stopping stopped it
+        self._models: dict[str, CurveModel] = {}
 
     def _imputed_costs(self) -> dict[str, float]:
         """Imputed seconds per failure status (see the module docstring)."""
@@ -67,7 +79,7 @@ class ReplayEvaluator:
         done = logged.get("completed")
         fallback = 0.5 * float(pd.Series(done).median()) if done else 0.0
         return {st: float(pd.Series(logged[st]).median()) if logged.get(st) else fallback
-                for st in FINISHED if st != "completed"}
+                for st in REPLAYED if st != "completed"}
 
     def __len__(self) -> int:
         return len(self.index)
@@ -81,12 +93,33 @@ class ReplayEvaluator:
                 out.append(cfg)
         return out
 
-    def evaluate(self, config: dict[str, Any], timeout_s: float) -> Outcome:
+    def stop_point(self, rec: Mapping[str, Any], early_stop: Mapping[str, Any] | None) -> StopPoint | None:
+        """Where early stopping under ``early_stop`` stops the logged run ``rec`` (None: it does not)."""
+        if not early_stop or rec.get("status") != "completed":
+            return None
+        spec = StopSpec.from_dict(early_stop)
+        model = None
+        if spec.model:
+            key = repr(sorted(spec.model.items()))
+            model = self._models.get(key)
+            if model is None:
+                model = self._models[key] = CurveModel.from_dict(spec.model)
+        return replay_stop(rec, spec, model)
+
+    def evaluate(self, config: dict[str, Any], timeout_s: float,
+                 early_stop: Mapping[str, Any] | None = None) -> Outcome:
         runs = self.index.get(config_key(config))
         if not runs:
             raise NotLogged(f"no logged run for {config_key(config)}")
         self.calls += 1
         rec = runs[0]
+        stop = self.stop_point(rec, early_stop)
+        if stop is not None and stop.elapsed_s is not None:
+            cost = stop.elapsed_s + self.overhead_s
+            if cost <= timeout_s:
+                self.pruned[config_key(config)] = stop
+                return Outcome(dict(config), "pruned", stop.value, {}, stop.elapsed_s, cost, None,
+                               rec.get("record_id"), stop.reason, stopped_at=stop.fraction)
         out = Outcome.from_record(rec, config)
         runtime = out.runtime_s
         if runtime is None and out.status != "completed":

@@ -88,8 +88,13 @@ def plot_pareto(board: pd.DataFrame, path: Path, title: str, task_type: str | No
         ax.scatter(front["runtime_s"], front[metric], s=90, facecolors="none", edgecolors="black",
                    linewidths=1.5, label="Pareto front")
     failed = board[~board.index.isin(ok.index)] if len(board) else board
+    pruned = failed[failed["status"].eq("pruned")] if len(failed) else failed
+    failed = failed[~failed["status"].eq("pruned")] if len(failed) else failed
+    worst = 0.0 if kind.greater_is_better or not len(ok) else float(ok[metric].max()) * 1.05
+    if len(pruned):  # stopped early on purpose: their metric (as logged) at the stop, at the time they used
+        ax.scatter(pruned["wall_s"], pruned[metric].fillna(worst), marker="v", color="grey",
+                   label=f"pruned early ({len(pruned)})")
     if len(failed):
-        worst = 0.0 if kind.greater_is_better or not len(ok) else float(ok[metric].max()) * 1.05
         ax.scatter(failed["wall_s"], [worst] * len(failed), marker="x", color="red",
                    label=f"failed / oom / timeout ({len(failed)})")
     ax.set_xlabel("cost: runtime (s)")
@@ -336,6 +341,7 @@ def summary_dict(result: "SearchResult", task_type: str | None = None) -> dict[s
         "best_f1": value if kind.primary_metric == "eval_f1" else None,
         "best_config": best.config if best else None, "best_record_id": best.record_id if best else None,
         "evaluations": len(result.evaluations), "statuses": statuses, "failures": result.n_failed,
+        "pruned": sum(1 for o in result.outcomes if o.status == "pruned"),
         "skipped": dict(result.skipped), "skipped_total": int(sum(result.skipped.values())),
         "generations": result.generations, "budget_s": result.budget_s, "used_s": round(result.used_s, 1),
         "used_kwh": result.used_kwh, "stop_reason": result.stop_reason,

@@ -9,6 +9,7 @@ are told to the algorithm before it asks for anything, so no finished candidate 
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections import Counter
@@ -21,7 +22,7 @@ import pandas as pd
 from .evaluator import Evaluator, Outcome
 from .search import COSTS, EvolutionarySearch, SearchSettings, Skip, front_2d, incumbent_of, pareto_front
 from .space import Config, Distribution, SearchSpace, resolve_model_path
-from .tasks import canonical_name, get_task_kind
+from .tasks import UnknownTaskKind, canonical_name, get_task_kind
 
 log = logging.getLogger("xsearch.runner")
 
@@ -74,8 +75,21 @@ class SearchResult:
     def n_failed(self) -> int:
         return sum(1 for o in self.outcomes if o.status in ("failed", "oom", "timeout"))
 
+    @property
+    def n_pruned(self) -> int:
+        """Candidates stopped early because their learning curve could not win (not failures)."""
+        return sum(1 for o in self.outcomes if o.status == "pruned")
+
     def pareto(self) -> list[Outcome]:
         return pareto_front(self.outcomes)
+
+
+def _takes_early_stop(fn: Any) -> bool:
+    """Whether an evaluator's ``evaluate`` / an executor's ``submit`` accepts ``early_stop``."""
+    try:
+        return "early_stop" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class SearchLoop:
@@ -162,8 +176,10 @@ class SearchLoop:
         timeout = self.candidate_timeout()
         self.on_event("start", {"config": prop.config, "timeout_s": timeout, "predicted": prop.predicted})
         t = self.clock()
+        spec = self.search.stop_spec()
+        kw = {"early_stop": spec} if spec is not None and _takes_early_stop(self.evaluator.evaluate) else {}
         try:
-            out = self.evaluator.evaluate(prop.config, timeout)
+            out = self.evaluator.evaluate(prop.config, timeout, **kw)
         except LookupError:  # the replay evaluator has no log of this config
             self._eval_real_s += self.clock() - t
             self.search.not_available(prop.config)
@@ -221,10 +237,15 @@ def run_loop(space: SearchSpace, evaluator: Evaluator, settings: SearchSettings,
              predictor: Callable[[list[Config]], pd.DataFrame] | None = None,
              candidates: Iterable[Config] | None = None, seeds: Iterable[Config] = (),
              clock: Callable[[], float] = time.monotonic, started_at: float | None = None,
-             on_event: Callable[[str, dict[str, Any]], None] | None = None) -> SearchResult:
-    """One search with an evaluator and no store (replays, benchmarks, tests)."""
+             on_event: Callable[[str, dict[str, Any]], None] | None = None,
+             curve_model: Any = None) -> SearchResult:
+    """One search with an evaluator and no store (replays, benchmarks, tests). With
+    ``settings.early_stop`` and an evaluator whose ``evaluate`` takes ``early_stop`` (the replay
+    evaluator does), candidates are stopped early from their (logged) curves; ``curve_model``
+    (``xsearch.curves.CurveModel``, fitted on past records) predicts final values from partial
+    curves, else only the rules apply."""
     search = EvolutionarySearch(space, settings, initial_distribution=initial_distribution, predictor=predictor,
-                                candidates=candidates, seeds=seeds)
+                                candidates=candidates, seeds=seeds, curve_model=curve_model)
     return SearchLoop(search, evaluator, settings, search_id, on_event=on_event, clock=clock,
                       started_at=started_at).run()
 
@@ -270,7 +291,9 @@ class ParallelLoop(SearchLoop):
                 return False
             self.on_event("start", {"config": prop.config, "timeout_s": timeout, "predicted": prop.predicted,
                                     "in_flight": len(self.in_flight) + 1})
-            ticket = self.executor.submit(prop.config, timeout)
+            spec = self.search.stop_spec()
+            kw = {"early_stop": spec} if spec is not None and _takes_early_stop(self.executor.submit) else {}
+            ticket = self.executor.submit(prop.config, timeout, **kw)
             self.in_flight[ticket] = (prop, self.clock())
         return True
 
@@ -315,7 +338,7 @@ class ParallelLoop(SearchLoop):
 # ---- orchestration: data, experience, estimators, warm start, evaluator, journal, reports ----------------
 MANIFEST_DIR = "searches"
 MAX_SKIP_LOG = 500  # skips kept in the manifest (the newest)
-FINISHED_STATUSES = ("completed", "failed", "oom", "timeout")
+FINISHED_STATUSES = ("completed", "failed", "oom", "timeout", "pruned")
 
 
 def new_search_id() -> str:
@@ -426,6 +449,35 @@ def _experience_model(store_root: Any, search_id: str, use_estimators: bool,
     return exp, est if est.is_fitted else None
 
 
+def _curve_model(exp: pd.DataFrame, kind: Any = None) -> Any:
+    """The learning-curve model of the task kind's primary metric (signed: a loss negated), fitted
+    on past records' curves of that kind only (a classification run's eval_loss curve says nothing
+    of a causal LM's); unfitted when it cannot be built (early stopping then uses its rules)."""
+    from .curves import CurveModel
+    kind = kind or get_task_kind(None)
+    model = CurveModel(kind.primary_metric, greater_is_better=kind.greater_is_better)
+    if len(exp) == 0 or "curve" not in exp.columns:
+        return model
+    if "task_type" in exp.columns:
+        same = exp["task_type"].map(lambda t: _same_kind(t, kind.name))
+        exp = exp[same.astype(bool)]
+    try:
+        return model.fit(exp)
+    except Exception as exc:  # early stopping falls back to its rules
+        log.warning("could not fit the learning-curve model (%s: %s): early stopping by rules only",
+                    type(exc).__name__, exc)
+        return CurveModel(kind.primary_metric, greater_is_better=kind.greater_is_better)
+
+
+def _same_kind(task_type: Any, name: str) -> bool:
+    """Whether a record's task type is the kind ``name`` (no type: text classification, as the
+    kinds read it; an unknown type: not)."""
+    try:
+        return canonical_name(task_type if isinstance(task_type, str) else None) == name
+    except UnknownTaskKind:
+        return False
+
+
 def _warm_start(space: SearchSpace, exp: pd.DataFrame, task_features: dict[str, Any], k: int,
                 n_seeds: int) -> tuple[Distribution, list, list[Config]]:
     """The warm-started distribution, the similar tasks, and the seeds (their best configs)."""
@@ -453,6 +505,7 @@ def experience_predictor(est: Any, exp: pd.DataFrame, task_features: Mapping[str
     """Predictions for candidate configs on this task, with ``fail_support``: how many past
     records of the candidate's model (with a known outcome) back its failure prediction."""
     from .features import candidate_rows
+    # Pruned runs are not outcomes of their model's reliability: they do not back a failure prediction.
     known = exp[exp["status"].isin(["completed", "failed", "oom", "timeout"])] if "status" in exp.columns else exp
     support = known["model_name"].astype(object).value_counts().to_dict() if "model_name" in known.columns else {}
 
@@ -492,9 +545,14 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
                space: SearchSpace | None = None, executor: str = "local", workers: int = 1,
                gpus_per_candidate: float | None = None, cpus_per_candidate: float = 1.0,
                ray_address: str | None = None, slurm_partition: str | None = None,
-               task: str | None = None, columns: Mapping[str, str] | None = None, objective: str | None = None
+               task: str | None = None, columns: Mapping[str, str] | None = None, objective: str | None = None,
+               early_stop: bool = True
                ) -> tuple[SearchResult, dict[str, Path]]:
     """Run (or resume) a search end to end; returns the result and the paths of the reports.
+
+    ``early_stop``: candidates are evaluated several times per epoch and stopped (status
+    ``pruned``) when their learning curve cannot beat the incumbent (``xsearch.curves``; a model
+    of curves learned from the store, rules while it has too few).
 
     ``executor`` (local | ray | slurm) and ``workers`` choose where and how many candidates run
     at once (xsearch.executors); the other executor arguments are resources per candidate.
@@ -556,6 +614,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         seed, memory_limit_gb, population = opts["seed"], opts["memory_limit_gb"], opts["population"]
         max_train, max_eval, energy = opts.get("max_train"), opts.get("max_eval"), opts.get("energy", True)
         max_candidate_s = opts.get("max_candidate_s")
+        early_stop = bool(opts.get("early_stop", True)) and early_stop
         recorded = opts.get("executor") or {}
         if executor == "local" and workers == 1 and recorded:  # not given again: as recorded
             executor, workers = recorded.get("name", "local"), int(recorded.get("workers", 1))
@@ -646,7 +705,8 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
             max_candidate_s = budget_s / 2  # no single candidate may eat the whole budget
         settings = SearchSettings(budget_s=budget_s, energy_budget_kwh=energy_budget_kwh, max_evals=max_evals,
                                   population=population, seed=seed, max_candidate_s=max_candidate_s,
-                                  objective=objective)
+                                  objective=objective, early_stop=early_stop)
+        curve_model = _curve_model(exp, kind) if early_stop else None
         manifest = {
             "search_id": search_id, "status": "running", "space": space.to_dict(),
             "options": {"data": str(Path(data).resolve()) if data else None, "text_column": text_column,
@@ -656,10 +716,12 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
                         "population": population, "max_train": max_train, "max_eval": max_eval, "energy": energy,
                         "max_candidate_s": max_candidate_s, "out_dir": str(Path(out_dir).resolve()), "warm": warm,
                         "objective": objective,
+                        "early_stop": early_stop,
                         "executor": {"name": executor, **exec_settings.to_dict()}},
             "task_name": task.name, "initial_distribution": _dist_to_json(initial), "similar_tasks": similar,
             "walls": dict(walls), "used_s": used_before_s, "used_kwh": used_before_kwh,
             "skipped": dict(skipped_before),
+            "curve_model": curve_model.to_dict() if curve_model is not None else None,
         }
         if man.get("created_at"):
             manifest["created_at"] = man["created_at"]
@@ -693,7 +755,8 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
                 _write_json_atomic(mpath, manifest)
             emit(kind, {**info, "search": loop})
 
-        search = EvolutionarySearch(space, settings, initial_distribution=initial, predictor=predictor, seeds=seeds)
+        search = EvolutionarySearch(space, settings, initial_distribution=initial, predictor=predictor, seeds=seeds,
+                                    curve_model=curve_model)
         loop = ParallelLoop(search, pool, settings, search_id, journal, used_before_s, used_before_kwh,
                             checkpoint, started_at=started,
                             gpus_per_candidate=float(getattr(pool, "gpus_per_candidate", 0.0)))

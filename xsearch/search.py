@@ -19,6 +19,13 @@ transferred runtimes only order candidates until a run of this search calibrates
 near-certain (``p_fail_skip``) with enough records of its model behind it, or that is at least
 as memory-hungry as a run of this search that ran out of memory. Every skip is logged with its
 reason (``skip_log``).
+
+Early stopping (``early_stop``): once ``early_stop_after`` candidates have finished and one
+completed, every new candidate gets a ``StopSpec`` (``stop_spec``): the incumbent's quality and
+the learning-curve model learned from the store (``xsearch.curves``); its worker then stops it
+(status ``pruned``) when its curve cannot beat the incumbent. A pruned outcome costs its time,
+is neither a failure (failure rates ignore it) nor an incumbent or elite member (it has no final
+quality), and its time per epoch informs the cost model.
 """
 from __future__ import annotations
 
@@ -33,8 +40,10 @@ import pandas as pd
 
 from xlog.schema import finite_or_none
 
+from .curves import OBJECTIVE, CurveModel, StopSpec
 from .evaluator import Outcome
 from .space import Config, Distribution, SearchSpace, config_key
+from .tasks import objective_of
 
 log = logging.getLogger("xsearch.search")
 
@@ -78,6 +87,11 @@ class SearchSettings:
     # Pseudo-observations that hold the failure calibration near the estimators' prediction.
     fail_prior_n: float = 5.0
     max_idle_generations: int = 3
+    # Early stopping of candidates whose learning curve cannot beat the incumbent (xsearch.curves):
+    # never before this many candidates have finished; evaluations per epoch that give the curve.
+    early_stop: bool = True
+    early_stop_after: int = 3
+    evals_per_epoch: int = 4
     # What the incumbent means (OBJECTIVES). Two-objective: the cheapest run of the front whose
     # quality is within ``knee_tolerance`` of the best quality (``incumbent_of``); generations
     # then pull the distribution towards the front (non-dominated first), not only the best quality.
@@ -254,10 +268,12 @@ class OnlineCost:
         cfg = o.config
         if o.status == "oom":
             self.ooms.append(cfg)
-        # A timeout is a lower bound of the run's cost: still the best estimate of its rate.
-        if o.status not in ("completed", "timeout"):
+        # A timeout is a lower bound of the run's cost: still the best estimate of its rate; a pruned
+        # run's rate over the part of training it did is one too (start-up weighs more in it).
+        pruned = o.status == "pruned" and bool(o.stopped_at)
+        if o.status not in ("completed", "timeout") and not pruned:
             return
-        epochs = float(cfg.get("train_epochs") or 1)
+        epochs = float(cfg.get("train_epochs") or 1) * (float(o.stopped_at) if pruned else 1.0)  # type: ignore[arg-type]
         table = self.per_epoch if o.status == "completed" else self.lower_bounds
         for key in self._keys(cfg):
             table.setdefault(key, []).append(o.wall_s / epochs)
@@ -361,8 +377,10 @@ class EvolutionarySearch:
     def __init__(self, space: SearchSpace, settings: SearchSettings, *,
                  initial_distribution: Distribution | None = None,
                  predictor: Callable[[list[Config]], pd.DataFrame] | None = None,
-                 candidates: Iterable[Config] | None = None, seeds: Iterable[Config] = ()):
+                 candidates: Iterable[Config] | None = None, seeds: Iterable[Config] = (),
+                 curve_model: CurveModel | None = None):
         self.space, self.settings = space, settings
+        self.curve_model = curve_model
         self.candidates = [dict(c) for c in candidates] if candidates is not None else None
         self.initial = space.normalise(initial_distribution or space.uniform(), floor=settings.exploration)
         self.dist = {k: dict(v) for k, v in self.initial.items()}
@@ -457,8 +475,9 @@ class EvolutionarySearch:
         return _logit(observed) - _logit(mean_p)
 
     def _base_rate(self) -> float:
-        fails = sum(o.status in FAILED for o in self.results.values())
-        return (fails + 0.5) / (len(self.results) + 1.0)
+        known = [o for o in self.results.values() if o.status != "pruned"]  # pruned: neither outcome
+        fails = sum(o.status in FAILED for o in known)
+        return (fails + 0.5) / (len(known) + 1.0)
 
     def _local_failure(self, cfg: Config, prior: float) -> tuple[float, float]:
         """The failure probability updated by this task's outcomes of the same model (weight 1
@@ -637,3 +656,25 @@ class EvolutionarySearch:
     @property
     def incumbent(self) -> Outcome | None:
         return incumbent_of(self.results.values(), self.settings.objective, self.settings.knee_tolerance)
+
+    def stop_spec(self) -> dict[str, Any] | None:
+        """The early-stopping spec for the next candidate (``StopSpec.to_dict``): None when early
+        stopping is off; without an incumbent value (and with one evaluation per epoch: extra
+        evaluations cost time and nothing can be stopped) while fewer than ``early_stop_after``
+        candidates have finished or none completed."""
+        s = self.settings
+        if not s.early_stop:
+            return None
+        # The incumbent's quality is signed (a loss negated): the curve is read the same way, on the
+        # curve model's metric (fitted for this search's objective), else the space's task kind's.
+        if self.curve_model is not None:
+            metric, greater = self.curve_model.metric, self.curve_model.greater_is_better
+        else:
+            metric, greater = objective_of(self.space.task_type) or (OBJECTIVE, True)
+        inc = self.incumbent
+        if inc is None or len(self.results) < s.early_stop_after:
+            return StopSpec(None, metric=metric, greater_is_better=greater, evals_per_epoch=1).to_dict()
+        model = self.curve_model.to_dict() if self.curve_model is not None and self.curve_model.is_fitted else None
+        return StopSpec(float(inc.quality), metric=metric, greater_is_better=greater,  # type: ignore[arg-type]
+                        model=model, evals_per_epoch=s.evals_per_epoch,
+                        extra={"incumbent_record_id": inc.record_id}).to_dict()

@@ -27,6 +27,7 @@ from transformers import TrainingArguments
 
 from xlog.callback import XLogCallback
 
+from .curves import CurveModel, StopSpec, eval_series, should_stop
 from .data import TaskData
 from .tasks import get_task_kind
 # The kinds' modules (and what they import) are preloaded by the fork server too: a candidate
@@ -50,11 +51,26 @@ log = logging.getLogger("xsearch.worker")
 
 class _SearchCallback(XLogCallback):
     """XLogCallback whose record id is chosen by the evaluator, so that the evaluator finds the
-    record of its candidate (or writes a stand-in with that id if the process is killed)."""
+    record of its candidate (or writes a stand-in with that id if the process is killed). With an
+    early-stopping spec it asks at each evaluation whether the candidate can still beat the
+    incumbent (``xsearch.curves.should_stop``) and prunes it if not."""
 
-    def __init__(self, record_id: str, **kw: Any):
+    def __init__(self, record_id: str, early_stop: StopSpec | None = None, **kw: Any):
         super().__init__(**kw)
         self.fixed_record_id = record_id
+        self.early_stop = early_stop
+        self._curve_model = CurveModel.from_dict(early_stop.model) if early_stop and early_stop.model else None
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        control = super().on_evaluate(args, state, control, metrics=metrics, **kwargs) or control
+        spec = self.early_stop
+        if spec is not None and spec.incumbent is not None and self.record is not None and not self._closed:
+            # Signed values (a loss negated), as the incumbent's quality is.
+            series = eval_series(self.curve(), spec.metric, getattr(state, "max_steps", None), spec.greater_is_better)
+            why = should_stop(spec, series, self._curve_model)
+            if why is not None:
+                self.prune(why, control)
+        return control
 
     def _open(self, *args: Any, **kw: Any) -> None:
         super()._open(*args, **kw)
@@ -130,19 +146,27 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     max_len = int(cfg.get("train_max_seq_length") or 128)
 
     warmup = float(cfg.get("train_warmup_ratio") or 0.0)
+    stop = StopSpec.from_dict(job["early_stop"]) if job.get("early_stop") else None
+    schedule: dict[str, Any] = {"eval_strategy": "epoch", "logging_strategy": "epoch"}
+    if stop is not None and stop.evals_per_epoch > 1:
+        # Early stopping needs a curve: evaluate (and log the loss) several times per epoch.
+        batch = int(cfg.get("train_batch_size") or 16)
+        steps_per_epoch = max(-(-len(train_ds) // batch), 1)
+        every = max(steps_per_epoch // int(stop.evals_per_epoch), 1)
+        schedule = {"eval_strategy": "steps", "eval_steps": every, "logging_strategy": "steps", "logging_steps": every}
     arguments = dict(
         output_dir=str(Path(job["output_dir"])), num_train_epochs=float(cfg.get("train_epochs") or 1),
         per_device_train_batch_size=int(cfg.get("train_batch_size") or 16),
         per_device_eval_batch_size=64, learning_rate=float(cfg.get("train_learning_rate") or 5e-5),
         weight_decay=float(cfg.get("train_weight_decay") or 0.0), warmup_steps=warmup,
-        lr_scheduler_type=str(cfg.get("train_lr_scheduler") or "linear"), eval_strategy="epoch",
-        save_strategy="no", logging_strategy="epoch", report_to=[], disable_tqdm=True,
+        lr_scheduler_type=str(cfg.get("train_lr_scheduler") or "linear"), **schedule,
+        save_strategy="no", report_to=[], disable_tqdm=True,
         seed=int(job.get("seed", 0)), use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0)
     arguments.update(kind.training_arguments(cfg))
     args = TrainingArguments(**arguments)
     callback = _SearchCallback(
-        job["record_id"], task_name=job.get("task_name"), search_id=job["search_id"], store=job["store"],
-        max_seq_length=max_len, model_name=cfg["model_name"], energy=job.get("energy", True),
+        job["record_id"], early_stop=stop, task_name=job.get("task_name"), search_id=job["search_id"],
+        store=job["store"], max_seq_length=max_len, model_name=cfg["model_name"], energy=job.get("energy", True),
         **kind.callback_kwargs(task))
     trainer = kind.trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, tokenizer=tok,
                            callbacks=[callback], task=task, cfg=cfg, options=job.get("task_options") or {})

@@ -11,6 +11,9 @@ with a time limit and a memory limit), one run at a time, and keep every record.
 - Records go to the harness's own XLOG_HOME (default ``<cache>/home``); ``export.py`` writes them
   to ``benchmarks/data/``. Energy is metered (codecarbon) like any run.
 
+``--version 2`` runs the v2 harness instead (run_v2.py: configurations sampled per task, learning
+curves); without it, this v1 harness, unchanged.
+
 usage (from the repository root, in the background, lowest CPU priority):
     nohup nice -n 19 python benchmarks/metadataset/run.py > ~/.cache/xlog-metadataset/harness.log 2>&1 &
 options: --data-dir DIR (default ../shared/datasets) --cache DIR (default ~/.cache/xlog-metadataset)
@@ -122,7 +125,17 @@ def stand_in_defaults(task_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Build the xlog meta-dataset (real fine-tuning runs).")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--version" in args or any(x.startswith("--version=") for x in args):
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--version", type=int, choices=(1, 2), default=1)
+        known, rest = pre.parse_known_args(args)
+        if known.version == 2:  # v2: sampled configurations with learning curves (run_v2.py)
+            from run_v2 import main as main_v2
+            return main_v2(rest)
+        argv = rest
+    ap = argparse.ArgumentParser(description="Build the xlog meta-dataset (real fine-tuning runs; "
+                                             "--version 2 for v2, see run_v2.py).")
     ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "datasets")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--home", type=Path, default=None, help="XLOG_HOME of the harness (default <cache>/home)")

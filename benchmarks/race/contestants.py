@@ -14,6 +14,15 @@ evaluate through ``TaskPool.evaluate`` (the replay evaluator) and stop when less
 - ``xsearch``: the evolutionary search warm-started from the k most similar other tasks, with
   estimator-guided skipping (predicted failure / clearly worse / overrun), estimators fitted on
   the other tasks only.
+
+On data with learning curves (meta-dataset v2, ``v2_contestants``) also:
+- ``xsearch-es``: xsearch with early stopping, replayed from the logged curves by xsearch's own
+  replay evaluator (``SearchSettings.early_stop``; the curve model is fitted on the other tasks).
+- ``optuna-tpe-pruned``: TPE with Optuna's ``MedianPruner`` (defaults), told each logged
+  evaluation of the candidate's curve as an intermediate value; a pruned trial costs the time
+  logged up to its last reported evaluation.
+- ``expert``: the configuration a practitioner would pick from published recipes (``RECIPES``,
+  each with its source), mapped to the nearest configuration of the pool; then the next recipe.
 """
 from __future__ import annotations
 
@@ -139,14 +148,42 @@ class KnnWarmStart:
         return run_in_order(self.name, pool, budget_s, seed, propose)
 
 
+def eval_curve(rec: dict[str, Any], metric: str = "eval_f1", evals_per_epoch: int = 4) -> list[tuple[int, float, float]]:
+    """(step index, elapsed seconds, value) of each logged evaluation of ``metric`` in the record's
+    ``curve``, in order; the step index counts evaluations (1/``evals_per_epoch`` epoch each) so that
+    runs with different batch sizes compare at the same point of training."""
+    out = []
+    for p in rec.get("curve") or []:
+        if p.get("kind") != "eval" or p.get("name") != metric or p.get("value") is None:
+            continue
+        epoch = p.get("epoch")
+        idx = int(round(float(epoch) * evals_per_epoch)) if epoch is not None else len(out) + 1
+        if out and out[-1][0] >= idx:
+            # The same point of training evaluated again (the final evaluation after a last step
+            # that was not an evaluation step): the later one stands.
+            out.pop()
+            idx = max(idx, out[-1][0] + 1) if out else idx
+        out.append((idx, float(p.get("elapsed_s") or 0.0), float(p["value"])))
+    return out
+
+
 class OptunaTPE:
-    """Optuna's TPE sampler (defaults) over the space's categorical decisions, mapped to the pool."""
+    """Optuna's TPE sampler (defaults) over the space's categorical decisions, mapped to the pool;
+    with ``pruner=True``, also Optuna's MedianPruner over the logged learning curves."""
 
     name = "optuna-tpe"
 
+    def __init__(self, pruner: bool = False, name: str | None = None):
+        self.pruner = pruner
+        self.name = name or ("optuna-tpe-pruned" if pruner else "optuna-tpe")
+
     def prepare(self, held: HeldOut, pool: TaskPool) -> None:
+        import warnings
+
         import optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Told trials of configs TPE did not suggest (add_trial, enqueue_trial) are "experimental".
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
     @staticmethod
     def _distributions(space: SearchSpace, cfg: Config) -> dict[str, Any]:
@@ -159,7 +196,8 @@ class OptunaTPE:
         space = pool.space
         rng = random.Random(seed_for(pool.task, seed) + 1)
         study = optuna.create_study(direction="maximize",
-                                    sampler=optuna.samplers.TPESampler(seed=seed_for(pool.task, seed)))
+                                    sampler=optuna.samplers.TPESampler(seed=seed_for(pool.task, seed)),
+                                    pruner=optuna.pruners.MedianPruner() if self.pruner else None)
         pending: dict[str, Any] = {}
         greater = objective(pool)[1]
         seen: list[float] = []
@@ -202,7 +240,57 @@ class OptunaTPE:
                 params = {k: v for k, v in cfg.items() if v is not None}
                 study.add_trial(create_trial(params=params, distributions=self._distributions(space, cfg),
                                              value=value))
-        return run_in_order(self.name, pool, budget_s, seed, propose, observe)
+        if not self.pruner:
+            return run_in_order(self.name, pool, budget_s, seed, propose, observe)
+        return self._run_pruned(pool, budget_s, seed, study, propose, pending)
+
+    def _run_pruned(self, pool: TaskPool, budget_s: float, seed: int, study: Any,
+                    propose: Callable[[set[str]], Config | None], pending: dict[str, Any]) -> Trace:
+        """The TPE loop with the MedianPruner: the evaluated config is enqueued as its own trial
+        (so that the pruner compares the curves of configs really run), its logged evaluations are
+        reported in order, and the run stops at the first one the pruner prunes."""
+        from optuna.trial import TrialState
+        space = pool.space
+        trace = Trace(self.name, pool.task, seed, budget_s)
+        done: set[str] = set()
+        while budget_s - trace.used_s >= MIN_CANDIDATE_S:
+            cfg = propose(done)  # asks TPE for a trial and maps it to the pool (pending)
+            if cfg is None:
+                trace.stop_reason = "pool_exhausted"
+                break
+            trial = pending["trial"]
+            if not pending["exact"]:
+                study.tell(trial, state=TrialState.FAIL)  # the suggestion itself is not run
+                study.enqueue_trial({k: v for k, v in cfg.items() if v is not None})
+                trial = study.ask()
+                for p in space.parameters:  # registers the enqueued values (define-by-run)
+                    if cfg.get(p.name) is not None:
+                        trial.suggest_categorical(p.name, list(p.values))
+            left = budget_s - trace.used_s
+            stopped = None
+            entry = pool.entries[config_key(cfg)]
+            if entry.ok:
+                for idx, elapsed, value in eval_curve(pool.record(cfg)):
+                    if elapsed >= entry.cost_s:
+                        break  # the run's end: its final value is told below
+                    trial.report(value, idx)
+                    if trial.should_prune():
+                        stopped = min(elapsed, entry.cost_s)
+                        break
+            if stopped is not None and stopped <= left:
+                step = pool.pruned_step(cfg, stopped, trace.used_s + stopped)
+                study.tell(trial, state=TrialState.PRUNED)
+            else:
+                step = pool.evaluate(cfg, left, trace.used_s)
+                if step.cut:
+                    study.tell(trial, state=TrialState.FAIL)
+                else:
+                    study.tell(trial, step.quality if step.quality is not None else TPE_FAILURE_VALUE)
+            done.add(step.key)
+            trace.steps.append(step)
+        else:
+            trace.stop_reason = "time_budget"
+        return trace
 
 
 class Evolutionary:
@@ -211,9 +299,14 @@ class Evolutionary:
     with xsearch's default settings (``settings`` overrides some, e.g. to choose them)."""
 
     def __init__(self, name: str, warm: bool, estimators: bool, k: int = K_SIMILAR, population: int = 4,
-                 settings: dict[str, Any] | None = None):
+                 settings: dict[str, Any] | None = None, early_stop: bool | None = None):
         self.name, self.warm, self.use_estimators, self.k, self.population = name, warm, estimators, k, population
         self.overrides = dict(settings or {})
+        # early_stop: None = xsearch's default; True/False set it (True also fits the curve model).
+        self.early_stop = early_stop
+        if early_stop is not None and has_early_stop():
+            self.overrides["early_stop"] = early_stop
+        self.curve_model: Any = None
         self.initial: dict | None = None
         self.seeds: list[Config] = []
         self.predictions: pd.DataFrame | None = None
@@ -229,6 +322,11 @@ class Evolutionary:
             self.initial = pool.space.normalise(warm_start(pool.space.uniform(), exp, held.features, k=self.k))
             self.similar = similar_tasks(exp, held.features, k=self.k)
             self.seeds = seed_configs(exp, pool.space, self.similar, n=n_seeds, among=pool.configs)
+        self.curve_model = None
+        if self.early_stop and has_early_stop() and len(exp):
+            from xsearch.curves import CurveModel
+            metric, greater = objective(pool)  # the held-out task's objective, signed like its quality
+            self.curve_model = CurveModel(metric, greater_is_better=greater).fit(exp)  # other tasks' curves only
         if self.use_estimators and len(exp):
             from xsearch.estimators import Estimators
             from xsearch.runner import experience_predictor
@@ -257,7 +355,8 @@ class Evolutionary:
         result = run_loop(pool.space, pool.evaluator, settings, f"race-{self.name}",
                           initial_distribution=self.initial, predictor=self._predictor(),
                           candidates=pool.configs,  # only what the replay can answer
-                          seeds=self.seeds, clock=lambda: 0.0, started_at=0.0)
+                          seeds=self.seeds, clock=lambda: 0.0, started_at=0.0,
+                          **({"curve_model": self.curve_model} if self.curve_model is not None else {}))
         trace = Trace(self.name, pool.task, seed, budget_s, skipped=dict(result.skipped),
                       stop_reason=result.stop_reason)
         t = 0.0
@@ -265,6 +364,105 @@ class Evolutionary:
             t += ev.charged_s
             trace.steps.append(pool.step(ev.outcome.config, ev.outcome, ev.charged_s, t))
         return trace
+
+
+def has_early_stop() -> bool:
+    """Whether this xsearch has early stopping (``SearchSettings.early_stop``)."""
+    import dataclasses
+    return "early_stop" in {f.name for f in dataclasses.fields(SearchSettings)}
+
+
+#: The expert default: what a practitioner picks from published recipes, in the order they would
+#: try them (each mapped to the nearest configuration of the pool, see ``ExpertDefault``).
+RECIPES: list[dict[str, Any]] = [
+    {"source": "BERT (Devlin et al. 2019, appendix A.3: Adam lr 2e-5..5e-5, batch 16/32, 2-4 epochs; "
+               "warmup 10%, weight decay 0.01, linear decay): full fine-tuning of the default small encoder",
+     "config": {"model_name": "sentence-transformers/all-MiniLM-L6-v2", "ft_method": "full",
+                "train_learning_rate": 2e-5, "train_batch_size": 32, "train_epochs": 3, "train_warmup_ratio": 0.1,
+                "train_weight_decay": 0.01, "train_lr_scheduler": "linear", "train_max_seq_length": 128}},
+    {"source": "LoRA (Hu et al. 2021, RoBERTa-base on GLUE: r 8, alpha 8, lr 5e-4, batch 16, warmup ratio "
+               "0.06, linear; the PEFT docs' query/value targets), 3 epochs",
+     "config": {"model_name": "sentence-transformers/all-MiniLM-L6-v2", "ft_method": "lora", "peft_lora_r": 8,
+                "peft_lora_alpha": 8, "peft_lora_dropout": 0.1, "train_learning_rate": 5e-4, "train_batch_size": 16,
+                "train_epochs": 3, "train_warmup_ratio": 0.06, "train_weight_decay": 0.01,
+                "train_lr_scheduler": "linear", "train_max_seq_length": 128}},
+]
+
+
+#: How much a mismatch weighs in ``recipe_distance`` (other decisions: 1 at most each).
+RECIPE_WEIGHTS = {"ft_method": 4.0, "model_name": 2.0, "train_learning_rate": 3.0}
+
+
+def recipe_distance(space: SearchSpace, recipe: Config, cfg: Config) -> float:
+    """How far a pool configuration is from a recipe, as a practitioner would judge it: the method
+    first, then the model (half as far within a family: a layer-truncated variant of the
+    recipe's model) and the learning rate (on a log scale over the space's range); every other
+    decision counts up to 1 (numbers by their distance over the space's range, others by mismatch)."""
+    import math
+    d = 0.0
+    for p in space.parameters:
+        want, got = recipe.get(p.name), cfg.get(p.name)
+        if want is None:
+            continue
+        w = RECIPE_WEIGHTS.get(p.name, 1.0)
+        if p.name == "model_name":
+            same_family = str(want).split("@")[0] == str(got).split("@")[0]
+            d += 0.0 if want == got else (0.5 * w if same_family else w)
+            continue
+        if got is None:
+            d += w
+            continue
+        nums = [v for v in p.values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if isinstance(want, (int, float)) and isinstance(got, (int, float)) and len(nums) > 1:
+            f = (lambda x: math.log(max(float(x), 1e-12))) if p.log or p.name == "train_learning_rate" else float
+            lo, hi = f(min(nums)), f(max(nums))
+            d += w * min(abs(f(want) - f(got)) / ((hi - lo) or 1.0), 1.0)
+        else:
+            d += w * float(want != got)
+    return d
+
+
+class ExpertDefault:
+    """The expert default: each recipe of ``RECIPES`` in turn, as the nearest not-yet-run pool
+    configuration; no search beyond the recipes (what a practitioner does without a tuner)."""
+
+    name = "expert"
+
+    def __init__(self, recipes: list[dict[str, Any]] | None = None):
+        self.recipes = recipes if recipes is not None else RECIPES
+
+    def prepare(self, held: HeldOut, pool: TaskPool) -> None:
+        pass
+
+    def picks(self, pool: TaskPool) -> list[Config]:
+        chosen: list[Config] = []
+        for r in self.recipes:
+            rest = [c for c in pool.configs if config_key(c) not in {config_key(x) for x in chosen}]
+            if rest:  # ties: the pool's order (deterministic)
+                chosen.append(min(rest, key=lambda c: recipe_distance(pool.space, r["config"], c)))
+        return chosen
+
+    def run(self, pool: TaskPool, budget_s: float, seed: int) -> Trace:
+        order = iter(self.picks(pool))
+        trace = run_in_order(self.name, pool, budget_s, seed, lambda done: next(order, None))
+        if trace.stop_reason == "pool_exhausted":
+            trace.stop_reason = "recipes_done"
+        return trace
+
+
+def v2_contestants(ablations: bool = False) -> list[Any]:
+    """The race on data with learning curves (meta-dataset v2): today's five (xsearch without early
+    stopping), xsearch with early stopping, TPE with the median pruner, and the expert default."""
+    es = has_early_stop()
+    out = [RandomSearch(), Evolutionary("zero-shot", warm=False, estimators=False, early_stop=False if es else None),
+           OptunaTPE(), OptunaTPE(pruner=True), KnnWarmStart(), ExpertDefault(),
+           Evolutionary("xsearch", warm=True, estimators=True, early_stop=False if es else None)]
+    if es:
+        out.append(Evolutionary("xsearch-es", warm=True, estimators=True, early_stop=True))
+    if ablations:
+        out += [Evolutionary("xs-warm-only", warm=True, estimators=False, early_stop=False if es else None),
+                Evolutionary("xs-est-only", warm=False, estimators=True, early_stop=False if es else None)]
+    return out
 
 
 def default_contestants(ablations: bool = False) -> list[Any]:

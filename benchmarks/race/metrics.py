@@ -156,6 +156,31 @@ def aggregate(per_task: Mapping[str, Mapping[str, Any]], contestants: list[str])
     return out
 
 
+PEERS_V2 = ("random", "zero-shot", "optuna-tpe", "optuna-tpe-pruned", "knn", "expert")
+
+
+def targets_v2(agg: Mapping[str, Any], ours: str = "xsearch-es", peers: tuple[str, ...] = PEERS_V2) -> dict[str, Any]:
+    """The targets of issue 16 on the median held-out task: ``ours``' regret strictly lower than
+    every peer's at 10%, 25% and 100% of the budget, and (with early stopping) zero-shot's final
+    best reached within a quarter of the budget."""
+    if ours not in agg:
+        return {}
+    a = agg[ours]
+    out: dict[str, Any] = {}
+    for f in ("0.10", "0.25", "1.00"):
+        r = a["regret_at"][f]
+        others = {p: agg[p]["regret_at"][f] for p in peers if p in agg}
+        out[f"{ours}_lower_regret_than_every_peer_at_{int(round(float(f) * 100))}pct"] = {
+            "met": bool(all(r < v for v in others.values())), "value": r, "peers": others,
+            "says": "median over tasks of the mean over seeds of normalised regret; strictly lower than each peer"}
+    t = a["time_to_zero_shot_best"]
+    out[f"{ours}_reaches_zero_shot_best_within_25pct"] = {
+        "met": bool(t <= 0.25), "value": t,
+        "says": "median over tasks of the median over seeds of the budget fraction at which the best-so-far "
+                "reaches zero-shot's final best (inf: never)"}
+    return out
+
+
 def pooled_error_rate(traces: Iterable[Trace]) -> float:
     evals = [s for t in traces for s in t.evaluations]
     return sum(1 for s in evals if s.error) / len(evals) if evals else 0.0

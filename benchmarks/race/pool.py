@@ -60,7 +60,10 @@ class Step:
     """One evaluation in a contestant's run: what it cost and gave, and when it ended (budget seconds)."""
 
     key: str
-    status: str  # the logged status, or "cut" when the budget ended during the run
+    # the logged status; "cut" when the budget ended during the run; "pruned" when early stopping
+    # (replayed from the logged learning curve) stopped it: it cost its time up to the stop and
+    # gives no final model (no quality), and it is not an error
+    status: str
     quality: float | None
     cost_s: float
     energy_kwh: float
@@ -154,8 +157,21 @@ class TaskPool:
         out = self.evaluator.evaluate(cfg, remaining_s)
         return self.step(cfg, out, float(out.wall_s), t_before + float(out.wall_s))
 
+    def record(self, cfg: Config) -> dict[str, Any]:
+        """The logged run that answers ``cfg`` (its learning curve, for contestants that stop early)."""
+        return self.evaluator.index[config_key(cfg)][0]
+
+    def pruned_step(self, cfg: Config, charged_s: float, t_end: float) -> Step:
+        """A run stopped early after ``charged_s`` of its logged time."""
+        entry = self.entries[config_key(cfg)]
+        share = min(charged_s / entry.cost_s, 1.0) if entry.cost_s > 0 else 0.0
+        return Step(entry.key, "pruned", None, charged_s, entry.energy_kwh * share, t_end)
+
     def step(self, cfg: Config, out: Outcome, charged_s: float, t_end: float) -> Step:
-        """A step from a replayed outcome; a run charged less than its logged cost was cut by the budget."""
+        """A step from a replayed outcome; a run charged less than its logged cost was cut by the
+        budget, unless early stopping pruned it (``out.status == "pruned"``)."""
+        if out.status == "pruned":
+            return self.pruned_step(cfg, charged_s, t_end)
         entry = self.entries[config_key(cfg)]
         if charged_s + 1e-9 < entry.cost_s:
             share = charged_s / entry.cost_s if entry.cost_s > 0 else 0.0

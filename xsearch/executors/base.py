@@ -63,18 +63,20 @@ class SlotExecutor:
         self._in_flight: dict[int, Config] = {}
         self._lock = threading.Lock()
 
-    def submit(self, config: Config, timeout_s: float) -> int:
+    def submit(self, config: Config, timeout_s: float, early_stop: Mapping[str, Any] | None = None) -> int:
+        """Start one candidate; ``early_stop``: its ``xsearch.curves.StopSpec`` dict, if any."""
         slot = self._free.get_nowait()  # the runner never submits more than ``slots``
         ticket = next(self._tickets)
         with self._lock:
             self._in_flight[ticket] = dict(config)
-        self._pool.submit(self._slot_main, ticket, dict(config), timeout_s, slot)
+        self._pool.submit(self._slot_main, ticket, dict(config), timeout_s, slot, early_stop)
         return ticket
 
-    def _slot_main(self, ticket: int, config: Config, timeout_s: float, slot: int) -> None:
+    def _slot_main(self, ticket: int, config: Config, timeout_s: float, slot: int,
+                   early_stop: Mapping[str, Any] | None = None) -> None:
         started = datetime.now(timezone.utc)
         try:
-            out = self._run(config, timeout_s, slot)
+            out = self._run(config, timeout_s, slot, early_stop)
         except Exception as exc:  # the engine lost the candidate: a recorded failure
             log.warning("candidate %s was lost by the executor (%s: %s)", ticket, type(exc).__name__, exc)
             out = self._failed(config, started, exc)
@@ -84,7 +86,8 @@ class SlotExecutor:
             self._in_flight.pop(ticket, None)
         self._done.put((ticket, out))
 
-    def _run(self, config: Config, timeout_s: float, slot: int) -> Outcome:
+    def _run(self, config: Config, timeout_s: float, slot: int,
+             early_stop: Mapping[str, Any] | None = None) -> Outcome:
         raise NotImplementedError
 
     def _failed(self, config: Config, started: datetime, exc: BaseException) -> Outcome:

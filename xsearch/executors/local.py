@@ -60,9 +60,11 @@ class LocalExecutor(SlotExecutor):
     def warm_up(self) -> None:
         self.evaluator.warm_up()
 
-    def _run(self, config: Config, timeout_s: float, slot: int) -> Outcome:
+    def _run(self, config: Config, timeout_s: float, slot: int,
+             early_stop: Mapping[str, Any] | None = None) -> Outcome:
         gpu = self.gpus[slot]
-        return self.evaluator.evaluate(config, timeout_s, env=None if gpu is None else {"CUDA_VISIBLE_DEVICES": gpu})
+        return self.evaluator.evaluate(config, timeout_s, env=None if gpu is None else {"CUDA_VISIBLE_DEVICES": gpu},
+                                       early_stop=early_stop)
 
     def close(self) -> None:
         super().close()

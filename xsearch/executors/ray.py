@@ -63,11 +63,12 @@ class RayExecutor(SlotExecutor):
         self._refs: dict[int, Any] = {}
         self.gpus_per_candidate = float(per_gpu)
 
-    def _run(self, config: Config, timeout_s: float, slot: int) -> Outcome:
+    def _run(self, config: Config, timeout_s: float, slot: int,
+             early_stop: Mapping[str, Any] | None = None) -> Outcome:
         ray = _ray()
         job = candidate_job(config, self.space, S.new_record_id(), search_id=self.search_id,
                             task_name=self.task_name, seed=self.seed, energy=self.energy,
-                            memory_limit_gb=None)
+                            memory_limit_gb=None, early_stop=early_stop)
         ref = self._remote.remote(job, self._files, timeout_s, self.grace_s, self.record_defaults)
         self._refs[slot] = ref
         try:

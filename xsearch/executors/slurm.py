@@ -55,9 +55,11 @@ class SlurmExecutor(SlotExecutor):
             params["slurm_partition"] = s.slurm_partition
         return params
 
-    def _run(self, config: Config, timeout_s: float, slot: int) -> Outcome:
+    def _run(self, config: Config, timeout_s: float, slot: int,
+             early_stop: Mapping[str, Any] | None = None) -> Outcome:
         job = candidate_job(config, self.space, S.new_record_id(), search_id=self.search_id,
-                            task_name=self.task_name, seed=self.seed, energy=self.energy, memory_limit_gb=None)
+                            task_name=self.task_name, seed=self.seed, energy=self.energy, memory_limit_gb=None,
+                            early_stop=early_stop)
         self.executor.update_parameters(**self._params(timeout_s))
         sjob = self.executor.submit(run_candidate, job, self._files, timeout_s, self.settings.grace_s,
                                     self.record_defaults)
