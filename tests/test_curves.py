@@ -244,7 +244,6 @@ def test_a_doomed_candidate_is_pruned_and_the_search_goes_on(searches):
     f1 = [p for p in r["curve"] if p["name"] == "eval_f1"]
     assert 2 <= len(f1) and r["outcome_steps_completed"] < r["train_max_steps"]
     assert max(p["step"] for p in r["curve"]) == r["outcome_steps_completed"]
-    assert r["outcome_total_runtime_s"] < recs[good.record_id]["outcome_total_runtime_s"] * 1.5
     # Candidates that may be stopped are evaluated 4 times per epoch (the first one, with nothing to
     # beat yet, once per epoch: extra evaluations cost time).
     n_evals = {o.record_id: len([p for p in recs[o.record_id]["curve"] if p["name"] == "eval_f1"]) for o in on.outcomes}
