@@ -28,12 +28,14 @@ VERSION = "metadataset-v1"
 FILE_NAME = "metadataset_v1.parquet"
 
 
-def harness_records(home: Path) -> list[dict[str, Any]]:
+def harness_records(home: Path, version: str = VERSION) -> list[dict[str, Any]]:
+    """A harness's finished runs (``search_id`` prefixed ``version``), one per (task,
+    configuration), oldest first. Shared by the v2 and generative exports."""
     from xlog.store import LocalStore
     # `interrupted` runs are the harness being stopped (they are run again), not experience of the
     # configuration: they stay in the harness's store but are not exported.
     recs = [r for r in LocalStore(home).records()
-            if str(r.get("search_id") or "").startswith(VERSION + ":") and r.get("status") != "interrupted"]
+            if str(r.get("search_id") or "").startswith(version + ":") and r.get("status") != "interrupted"]
     recs.sort(key=lambda r: (str(r.get("created_at")), r["record_id"]))
     # One run per (task, configuration): a pair run twice (a harness restarted while its store
     # could not be read) keeps its first run, so that no configuration counts double.
@@ -47,18 +49,22 @@ def harness_records(home: Path) -> list[dict[str, Any]]:
     return first
 
 
-def export(home: Path, out: Path, cache: Path = DEFAULT_CACHE) -> Path:
-    """Write the Parquet file and the datasheet; returns the Parquet path."""
+def write_records(recs: list[dict[str, Any]], path: Path) -> Path:
+    """Validate the records as one table and write it atomically (every export's Parquet file)."""
     from xlog import schema as S
     from xlog.store import write_parquet_atomic
-    recs = harness_records(Path(home))
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / FILE_NAME
     table = S.records_to_table(recs)
     problems = S.validate_table(table)
     if problems:
         raise ValueError(f"exported table does not validate: {problems[:5]}")
-    write_parquet_atomic(table, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_parquet_atomic(table, path)
+
+
+def export(home: Path, out: Path, cache: Path = DEFAULT_CACHE) -> Path:
+    """Write the Parquet file and the datasheet; returns the Parquet path."""
+    recs = harness_records(Path(home))
+    path = write_records(recs, out / FILE_NAME)
     manifest_path = Path(cache).expanduser() / "tasks" / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
     write_section(out / "DATASHEET.md", datasheet(recs, manifest), v2=False)

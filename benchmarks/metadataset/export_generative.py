@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
+from export import harness_records, write_records  # noqa: E402
 from models import DEFAULT_CACHE  # noqa: E402
 
 VERSION = "metadataset-gen-v1"
@@ -29,33 +30,9 @@ FILE_NAME = "metadataset_generative.parquet"
 START, END = "<!-- generative:start (export_generative.py) -->", "<!-- generative:end -->"
 
 
-def harness_records(home: Path) -> list[dict[str, Any]]:
-    """The harness's finished runs, one per (task, configuration) (the first), oldest first."""
-    from xlog.store import LocalStore
-    recs = [r for r in LocalStore(home).records()
-            if str(r.get("search_id") or "").startswith(VERSION + ":") and r.get("status") != "interrupted"]
-    recs.sort(key=lambda r: (str(r.get("created_at")), r["record_id"]))
-    seen: set[tuple[Any, Any]] = set()
-    first = []
-    for r in recs:
-        pair = (r.get("task_name"), r.get("search_id"))
-        if pair not in seen:
-            seen.add(pair)
-            first.append(r)
-    return first
-
-
 def export(home: Path, out: Path, cache: Path = DEFAULT_CACHE) -> Path:
-    from xlog import schema as S
-    from xlog.store import write_parquet_atomic
-    recs = harness_records(Path(home))
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / FILE_NAME
-    table = S.records_to_table(recs)
-    problems = S.validate_table(table)
-    if problems:
-        raise ValueError(f"exported table does not validate: {problems[:5]}")
-    write_parquet_atomic(table, path)
+    recs = harness_records(Path(home), VERSION)
+    path = write_records(recs, out / FILE_NAME)
     manifest_path = Path(cache).expanduser() / "gen_tasks" / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
     sheet = out / "DATASHEET.md"

@@ -19,28 +19,12 @@ from typing import Any
 
 import yaml
 
-from export import _hours, _table, write_section
+from export import _hours, _table, harness_records, write_records, write_section
 
 HERE = Path(__file__).resolve().parent
 VERSION = "metadataset-v2"
 FILE_NAME = "metadataset_v2.parquet"
 MAX_CURVE_POINTS = 200  # the record schema's bound (xlog keeps at most 200 points)
-
-
-def harness_records(home: Path) -> list[dict[str, Any]]:
-    """Finished v2 runs, one per (task, search_id) (the first), oldest first."""
-    from xlog.store import LocalStore
-    recs = [r for r in LocalStore(home).records()
-            if str(r.get("search_id") or "").startswith(VERSION + ":") and r.get("status") != "interrupted"]
-    recs.sort(key=lambda r: (str(r.get("created_at")), r["record_id"]))
-    seen: set[tuple[Any, Any]] = set()
-    out = []
-    for r in recs:
-        pair = (r.get("task_name"), r.get("search_id"))
-        if pair not in seen:
-            seen.add(pair)
-            out.append(r)
-    return out
 
 
 def sidecar(cache: Path, record_id: str) -> dict[str, Any] | None:
@@ -116,16 +100,9 @@ def merge(rec: dict[str, Any], side: dict[str, Any] | None, fields: set[str]) ->
 def export_v2(home: Path, out: Path, cache: Path) -> Path:
     """Write ``metadataset_v2.parquet`` and the v2 datasheet section; returns the Parquet path."""
     from xlog import schema as S
-    from xlog.store import write_parquet_atomic
     fields = set(S.field_names())
-    recs = [merge(r, sidecar(cache, r["record_id"]), fields) for r in harness_records(Path(home))]
-    out.mkdir(parents=True, exist_ok=True)
-    table = S.records_to_table(recs)
-    problems = S.validate_table(table)
-    if problems:
-        raise ValueError(f"exported table does not validate: {problems[:5]}")
-    path = out / FILE_NAME
-    write_parquet_atomic(table, path)
+    recs = [merge(r, sidecar(cache, r["record_id"]), fields) for r in harness_records(Path(home), VERSION)]
+    path = write_records(recs, out / FILE_NAME)
     manifest_path = Path(cache) / "v2" / "tasks" / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
     sides = {r["record_id"]: sidecar(cache, r["record_id"]) or {} for r in recs}
