@@ -167,6 +167,30 @@ def eval_curve(rec: dict[str, Any], metric: str = "eval_f1", evals_per_epoch: in
     return out
 
 
+def nearest_pool_proposer(study: Any, pool: TaskPool, rng: random.Random,
+                          pending: dict[str, Any]) -> Callable[[set[str]], Config | None]:
+    """``propose(done)`` for an Optuna study racing on a pool: ask a trial (define-by-run, each
+    conditional decision only where active), then take the pool's configuration not run yet that
+    differs from it in the fewest decisions (ties at random); ``pending`` gets the trial and
+    whether the pool held it exactly. None once the pool is run out."""
+    space = pool.space
+
+    def propose(done: set[str]) -> Config | None:
+        fresh = [c for c in pool.configs if config_key(c) not in done]
+        if not fresh:
+            return None
+        trial = study.ask()
+        asked: Config = {}
+        for p in space.parameters:
+            asked[p.name] = trial.suggest_categorical(p.name, list(p.values)) if p.active(asked) else None
+        dist = [sum(asked.get(n) != c.get(n) for n in space.names) for c in fresh]
+        best = min(dist)
+        cfg = rng.choice([c for c, d in zip(fresh, dist) if d == best])
+        pending["trial"], pending["exact"] = trial, best == 0
+        return cfg
+    return propose
+
+
 class OptunaTPE:
     """Optuna's TPE sampler (defaults) over the space's categorical decisions, mapped to the pool;
     with ``pruner=True``, also Optuna's MedianPruner over the logged learning curves."""
@@ -209,19 +233,7 @@ class OptunaTPE:
                 return TPE_FAILURE_VALUE
             return min(seen) if seen else None
 
-        def propose(done: set[str]) -> Config | None:
-            fresh = [c for c in pool.configs if config_key(c) not in done]
-            if not fresh:
-                return None
-            trial = study.ask()
-            asked: Config = {}
-            for p in space.parameters:  # define-by-run: conditional decisions only where active
-                asked[p.name] = trial.suggest_categorical(p.name, list(p.values)) if p.active(asked) else None
-            dist = [sum(asked.get(n) != c.get(n) for n in space.names) for c in fresh]
-            best = min(dist)
-            cfg = rng.choice([c for c, d in zip(fresh, dist) if d == best])
-            pending["trial"], pending["exact"] = trial, best == 0
-            return cfg
+        propose = nearest_pool_proposer(study, pool, rng, pending)
 
         def observe(cfg: Config, step: Step) -> None:
             if step.cut:

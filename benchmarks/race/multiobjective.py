@@ -22,9 +22,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from xsearch.space import Config, config_key
+from xsearch.space import Config
 
-from .contestants import K_SIMILAR, TPE_FAILURE_VALUE, Evolutionary, OptunaTPE, RandomSearch, run_in_order, seed_for
+from .contestants import (K_SIMILAR, TPE_FAILURE_VALUE, Evolutionary, OptunaTPE, RandomSearch, nearest_pool_proposer,
+                          run_in_order, seed_for)
 from .pool import Step, TaskPool, Trace
 
 MO_FRACTIONS = (0.25, 1.00)
@@ -109,19 +110,7 @@ class OptunaMultiObjective(OptunaTPE):
         worst_cost = math.log10(max(known)) + 1.0 if known else 1.0
         pending: dict[str, Any] = {}
 
-        def propose(done: set[str]) -> Config | None:
-            fresh = [c for c in pool.configs if config_key(c) not in done]
-            if not fresh:
-                return None
-            trial = study.ask()
-            asked: Config = {}
-            for p in space.parameters:
-                asked[p.name] = trial.suggest_categorical(p.name, list(p.values)) if p.active(asked) else None
-            dist = [sum(asked.get(n) != c.get(n) for n in space.names) for c in fresh]
-            best = min(dist)
-            cfg = rng.choice([c for c, d in zip(fresh, dist) if d == best])
-            pending["trial"], pending["exact"] = trial, best == 0
-            return cfg
+        propose = nearest_pool_proposer(study, pool, rng, pending)
 
         def observe(cfg: Config, step: Step) -> None:
             if step.cut:
