@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Mapping
 
 import pandas as pd
 
@@ -239,6 +239,20 @@ def load_task(path: str | Path | None = None, text_column: str = "text", label_c
     if len(ev) == 0:
         raise DataError(f"{path.name}: the validation split is empty")
     return TaskData(train.reset_index(drop=True), ev.reset_index(drop=True), labels, task_name_of(path), note)
+
+
+def read_role_splits(path: str | Path | None, columns: Mapping[str, str], roles: Iterable[str], *,
+                     kind_reads: str, search_needs: str) -> tuple[dict[str, pd.DataFrame], Path, list[str]]:
+    """The first checks of a task kind whose rows are texts in named columns: the ``--column``
+    roles given must be the kind's (``kind_reads`` says which, in the error), a data file is
+    required (``search_needs`` says so); then the splits, the file's path and its columns."""
+    unknown = sorted(set(columns) - set(roles))
+    if unknown:
+        raise DataError(f"{kind_reads}, not {unknown}")
+    if path is None:
+        raise DataError(search_needs)
+    splits, p = read_splits(path)
+    return splits, p, list(next(iter(splits.values())).columns)
 
 
 def load_columns_task(path: str | Path | None, task_type: str, roles: dict[str, str | None], *,

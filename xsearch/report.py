@@ -218,13 +218,7 @@ def best_config_snippet(config: dict[str, Any], space: SearchSpace, data: str | 
         "    preds = np.argmax(p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions, axis=-1)",
         "    return {'accuracy': accuracy_score(p.label_ids, preds), 'f1': f1_score(p.label_ids, preds, average='macro')}",
         "",
-        "args = TrainingArguments(",
-        "    output_dir='best-config-run', report_to=[], save_strategy='no', eval_strategy='epoch',",
-        "    learning_rate=CONFIG['train_learning_rate'], num_train_epochs=CONFIG['train_epochs'],",
-        "    per_device_train_batch_size=CONFIG['train_batch_size'],",
-        "    warmup_steps=CONFIG.get('train_warmup_ratio') or 0.0,  # a ratio when < 1",
-        "    weight_decay=CONFIG.get('train_weight_decay') or 0.0,",
-        "    lr_scheduler_type=CONFIG.get('train_lr_scheduler') or 'linear')",
+        *_training_arguments(")"),
         "trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=tok,",
         "                  data_collator=DataCollatorWithPadding(tok), compute_metrics=metrics,",
         "                  callbacks=[XLogCallback(model_name=CONFIG['model_name'],",
@@ -234,6 +228,18 @@ def best_config_snippet(config: dict[str, Any], space: SearchSpace, data: str | 
         "",
     ]
     return "\n".join(lines)
+
+
+def _training_arguments(close: str, *more: str) -> list[str]:
+    """The lines of a best_config.py script that build TrainingArguments from CONFIG, as the
+    search's worker does; ``close`` ends the last shared line, ``more`` lines follow it."""
+    return ["args = TrainingArguments(",
+            "    output_dir='best-config-run', report_to=[], save_strategy='no', eval_strategy='epoch',",
+            "    learning_rate=CONFIG['train_learning_rate'], num_train_epochs=CONFIG['train_epochs'],",
+            "    per_device_train_batch_size=CONFIG['train_batch_size'],",
+            "    warmup_steps=CONFIG.get('train_warmup_ratio') or 0.0,  # a ratio when < 1",
+            "    weight_decay=CONFIG.get('train_weight_decay') or 0.0,",
+            "    lr_scheduler_type=CONFIG.get('train_lr_scheduler') or 'linear'" + close, *more]
 
 
 def generative_snippet(config: dict[str, Any], space: SearchSpace, data: str | None, columns: dict[str, str],
@@ -271,14 +277,7 @@ def generative_snippet(config: dict[str, Any], space: SearchSpace, data: str | N
         "model = kind.apply_method(model, CONFIG, MODEL_SPEC, METHOD_SPEC)",
         "train, evaluation = kind.datasets(task, tok, CONFIG)",
         "",
-        "args = TrainingArguments(",
-        "    output_dir='best-config-run', report_to=[], save_strategy='no', eval_strategy='epoch',",
-        "    learning_rate=CONFIG['train_learning_rate'], num_train_epochs=CONFIG['train_epochs'],",
-        "    per_device_train_batch_size=CONFIG['train_batch_size'],",
-        "    warmup_steps=CONFIG.get('train_warmup_ratio') or 0.0,  # a ratio when < 1",
-        "    weight_decay=CONFIG.get('train_weight_decay') or 0.0,",
-        "    lr_scheduler_type=CONFIG.get('train_lr_scheduler') or 'linear', seed=SEED,",
-        "    **kind.training_arguments(CONFIG))",
+        *_training_arguments(", seed=SEED,", "    **kind.training_arguments(CONFIG))"),
         "callback = XLogCallback(task_name=task.name, model_name=CONFIG['model_name'],",
         "                        max_seq_length=CONFIG['train_max_seq_length'], **kind.callback_kwargs(task))",
         "trainer = kind.trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation, tokenizer=tok,",

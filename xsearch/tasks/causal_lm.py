@@ -42,15 +42,11 @@ class CausalLM(TaskKind):
     def load(self, path: Any, columns: Mapping[str, str] | None = None, *, seed: int = 0,
              validation_fraction: float = 0.2, max_train: int | None = None,
              max_eval: int | None = None) -> "TaskData":
-        from ..data import DataError, find_column, load_columns_task, read_splits
+        from ..data import DataError, find_column, load_columns_task, read_role_splits
         columns = dict(columns or {})
-        unknown = sorted(set(columns) - set(COLUMN_NAMES))
-        if unknown:
-            raise DataError(f"causal-LM data has prompt and response columns, or a text column, not {unknown}")
-        if path is None:
-            raise DataError("a causal-lm search needs --data (columns prompt and response, or text)")
-        splits, p = read_splits(path)
-        cols = list(next(iter(splits.values())).columns)
+        splits, p, cols = read_role_splits(
+            path, columns, COLUMN_NAMES, kind_reads="causal-LM data has prompt and response columns, or a text column",
+            search_needs="a causal-lm search needs --data (columns prompt and response, or text)")
         for role, given in columns.items():
             if given not in cols:
                 raise DataError(f"{p.name}: no column {given!r} for {role}; columns are {cols}")

@@ -100,15 +100,11 @@ class QuestionAnswering(TaskKind):
     def load(self, path: Any, columns: Mapping[str, str] | None = None, *, seed: int = 0,
              validation_fraction: float = 0.2, max_train: int | None = None,
              max_eval: int | None = None) -> "TaskData":
-        from ..data import DataError, find_column, load_columns_task, read_splits
+        from ..data import DataError, find_column, load_columns_task, read_role_splits
         columns = dict(columns or {})
-        unknown = sorted(set(columns) - set(COLUMN_NAMES))
-        if unknown:
-            raise DataError(f"question answering reads the columns context, question and answer, not {unknown}")
-        if path is None:
-            raise DataError("a question-answering search needs --data (columns context, question, answer)")
-        splits, p = read_splits(path)
-        cols = list(next(iter(splits.values())).columns)
+        splits, p, cols = read_role_splits(
+            path, columns, COLUMN_NAMES, kind_reads="question answering reads the columns context, question and answer",
+            search_needs="a question-answering search needs --data (columns context, question, answer)")
         roles: dict[str, str | None] = {}
         for role, names in COLUMN_NAMES.items():
             found = find_column(cols, role, columns.get(role), names)
