@@ -202,7 +202,8 @@ class SeeProvisional(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kw):
         if state.global_step == 2:
-            self.seen = sorted(p.name for p in self.store.provisional_dir.glob("*.json"))
+            # The heartbeat rewrites the file from a background thread (temp file + rename): skip its temp.
+            self.seen = sorted(p.name for p in self.store.provisional_dir.glob("*.json") if not p.name.startswith("."))
 
 
 def test_callback_opens_and_closes_the_provisional_record(tmp_path, monkeypatch):

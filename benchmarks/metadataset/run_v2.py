@@ -182,7 +182,7 @@ class Harness:
         from xlog import schema as S
         from xsearch.evaluator import died_record, find_record
         record_id = S.new_record_id()
-        cand = self.work / f"run-{n:05d}"
+        cand = self.work / f"run-{n:05d}-{os.getpid()}"  # several harnesses (disjoint --tasks) may share a cache
         cand.mkdir(parents=True, exist_ok=True)
         curve_path = self.curves / f"{record_id}.json"
         job = {"config": cfg, "search_id": search_id, "task_name": task, "record_id": record_id,
