@@ -168,6 +168,43 @@ def test_estimators_order_candidates_instead_of_discarding_them():
     assert s.skipped == {"predicted_failure": 1, "predicted_overrun": 1}
 
 
+def test_a_predicted_overrun_comes_back_when_the_calibration_says_it_fits():
+    """A candidate ruled too long after one run (an outlier: 20x its prediction) is asked again
+    once more runs recalibrate the transferred runtimes (log-median ratio 1): only predicted
+    failures stay out for good."""
+    space = SearchSpace.load(TINY)
+    one_epoch = [c for c in space.iter_configs() if c["train_epochs"] == 1]
+    m1 = [c for c in one_epoch if c["model_name"] == one_epoch[0]["model_name"]]
+    other = next(c for c in one_epoch if c["model_name"] != one_epoch[0]["model_name"])
+    first, later_a, later_b = m1[0], m1[1], m1[2]  # run elsewhere (told, not asked)
+    keys = [config_key(c) for c in (first, other, later_a, later_b)]
+    table = {keys[0]: {"quality": 0.9, "runtime_s": 10.0}, keys[1]: {"quality": 0.4, "runtime_s": 50.0},
+             keys[2]: {"quality": 0.5, "runtime_s": 10.0}, keys[3]: {"quality": 0.5, "runtime_s": 10.0}}
+    s = EvolutionarySearch(space, SearchSettings(choose_from=10), predictor=_predictor(table),
+                           candidates=[first, other])
+    p = s.ask(remaining_s=100.0)
+    assert p.key == keys[0]
+    s.tell(p.config, Outcome(p.config, "completed", 0.5, {}, 200.0, 200.0))  # 20x its prediction
+    assert s.ask(remaining_s=100.0) is None  # the other model: 50 s x 20 cannot fit in 100 s
+    assert s.skipped == {"predicted_overrun": 1}
+    s.tell(later_a, Outcome(later_a, "completed", 0.5, {}, 5.0, 5.0))  # 0.5x
+    s.tell(later_b, Outcome(later_b, "completed", 0.5, {}, 10.0, 10.0))  # 1x: the median ratio is 1
+    p = s.ask(remaining_s=100.0)
+    assert p is not None and p.key == keys[1]  # now predicted to fit: asked again, and run
+    assert s.skipped == {"predicted_overrun": 1}  # counted once
+
+
+def test_runtime_ratio_is_the_median_on_the_log_scale():
+    space = SearchSpace.load(TINY)
+    a, b = _configs(space, 2)
+    table = {config_key(a): {"runtime_s": 10.0}, config_key(b): {"runtime_s": 10.0}}
+    s = EvolutionarySearch(space, SearchSettings(), predictor=_predictor(table), candidates=[a, b])
+    s.tell(a, Outcome(a, "completed", 0.5, {}, 5.0, 5.0))
+    s.tell(b, Outcome(b, "completed", 0.5, {}, 80.0, 80.0))
+    ratio, n = s._runtime_ratio()
+    assert n == 2 and ratio == pytest.approx(2.0)  # sqrt(0.5 x 8), not their mean 4.25
+
+
 def test_quality_is_recalibrated_online_against_the_tasks_own_results():
     """Relative predictions map to this task's scale once three runs completed (F1 ten times
     smaller than anything in the store), and predictions that rank the task backwards stop counting."""

@@ -391,7 +391,8 @@ class EvolutionarySearch:
         self.pending: dict[str, Proposal] = {}
         self.skipped: Counter = Counter()
         self.skip_log: list[Skip] = []
-        self._skipped_keys: set[str] = set()
+        self._skipped_keys: set[str] = set()  # every candidate skipped once (counted once)
+        self._ruled_out: set[str] = set()  # skipped for good: predicted failures
         self._raw: dict[str, dict[str, float]] = {}  # the predictor's answers, per config key
         self.predicted: dict[str, dict[str, float]] = {}  # what was predicted when each candidate ran
         self.cost = OnlineCost()
@@ -449,13 +450,14 @@ class EvolutionarySearch:
 
     def _runtime_ratio(self) -> tuple[float, int]:
         """Median of observed / predicted runtime over this search's completed candidates (1 if
-        none), and how many runs it rests on."""
-        ratios = []
+        none), and how many runs it rests on. The median is taken of the logarithms (ratios are
+        multiplicative: with two runs, 0.5x and 8x give 2x, not 4.25x)."""
+        logs = []
         for key, o in self.results.items():
             p = self._raw.get(key, {}).get("runtime_s", 0.0)
             if o.status == "completed" and o.runtime_s and p > 0:
-                ratios.append(float(o.runtime_s) / p)
-        return (_median(ratios) if ratios else 1.0), len(ratios)
+                logs.append(math.log(float(o.runtime_s) / p))
+        return (math.exp(_median(logs)) if logs else 1.0), len(logs)
 
     def _fail_shift(self) -> float:
         """Logit shift that moves the predicted failure rate towards this task's observed one,
@@ -563,6 +565,8 @@ class EvolutionarySearch:
 
     def _skip(self, cfg: Config, reason: str, pred: Mapping[str, float]) -> None:
         key = config_key(cfg)
+        if reason not in ("predicted_overrun", "predicted_energy_overrun"):
+            self._ruled_out.add(key)
         if key not in self._skipped_keys:  # count candidates, not repeated draws
             self._skipped_keys.add(key)
             self.skipped[reason] += 1
@@ -581,8 +585,9 @@ class EvolutionarySearch:
         return prop
 
     def _taken(self) -> _Union:
-        # Skipped candidates stay out: what cannot fit the budget now never will (it only shrinks).
-        return _Union(self.results, self.pending, self._skipped_keys)
+        # Predicted failures stay out. A predicted overrun is asked again at the next ask: the budget
+        # only shrinks, but the prediction moves too (each run recalibrates transferred runtimes).
+        return _Union(self.results, self.pending, self._ruled_out)
 
     def ask(self, remaining_s: float = math.inf, remaining_kwh: float | None = None) -> Proposal | None:
         """The next candidate to evaluate (not one evaluated or in flight), or None when no
