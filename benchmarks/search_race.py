@@ -169,6 +169,16 @@ def format_tables(result: Mapping[str, Any]) -> str:
                      f" {_f(a['time_to_zero_shot_best']):>6}")
     lines.append("pooled error rate (all tasks, all seeds): "
                  + ", ".join(f"{n} {result['pooled_error_rate'][n]:.3f}" for n in names))
+    stoppers = [n for n in names if any(t.get(n, {}).get("pruned_per_seed") for t in result["per_task"].values())]
+    if stoppers:
+        # Mean over tasks (the median task of a rare event is 0): stopped runs, wrong stops (the run
+        # would have become the best so far), budget saved.
+        def mean_of(n: str, k: str) -> float:
+            vals = [t[n][k] for t in result["per_task"].values() if n in t and t[n].get(k) is not None]
+            return sum(vals) / len(vals) if vals else 0.0
+        lines.append("early stopping (mean over tasks, per seed): " + ", ".join(
+            f"{n} {mean_of(n, 'pruned_per_seed'):.2f} stopped / {mean_of(n, 'wrongly_pruned_per_seed'):.2f} wrongly"
+            f" / {mean_of(n, 'pruning_saved_fraction'):.3f} of the budget saved" for n in stoppers))
     lines.append("")
     lines.append("Per task: mean regret at 25% / 100% of the budget (pool = logged configs, errors = failing ones)")
     head2 = f"{'task':<26} {'pool':>4} {'err':>3} {'budget_s':>8} " + " ".join(f"{n[:13]:>13}" for n in names)

@@ -358,6 +358,23 @@ def test_early_stopping_xsearch_replays_stops_from_the_curves(curve_records):
     no_es = Evolutionary("xsearch", warm=True, estimators=True, early_stop=False)
     no_es.prepare(hold_out(records_frame(curve_records), task), pool)
     assert not any(s.status == "pruned" for s in no_es.run(pool, 0.6 * pool.grid_time_s, 0).steps)
+    # The race's early-stopping figures: every stop counted, a wrong stop is one whose logged final
+    # quality beats everything found before it, the budget saved is logged minus charged cost.
+    from race.metrics import pruning
+    for tr in traces:
+        n, wrong, saved = pruning(tr, pool)
+        stopped = [s for s in tr.steps if s.status == "pruned"]
+        assert n == len(stopped) and 0 <= wrong <= n
+        assert saved == pytest.approx(sum(pool.entries[s.key].cost_s - s.cost_s for s in stopped))
+        best, expect = None, 0
+        for s in tr.steps:
+            q = pool.entries[s.key].quality
+            if s.status == "pruned":
+                expect += q is not None and (best is None or q > best)
+            elif s.quality is not None:
+                best = s.quality if best is None else max(best, s.quality)
+        assert wrong == expect
+    assert any(pruning(tr, pool)[0] for tr in traces)  # the figures saw stops
 
 
 def test_v2_race_from_one_command(curve_records, tmp_path):

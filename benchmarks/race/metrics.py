@@ -62,6 +62,24 @@ def unspent_with_candidates(trace: Trace, pool: TaskPool) -> float:
     return max(left, 0.0) / trace.budget_s if fits and trace.budget_s > 0 else 0.0
 
 
+def pruning(trace: Trace, pool: TaskPool) -> tuple[int, int, float]:
+    """Early stopping in one run: (runs stopped, stopped runs whose logged final quality would
+    have beaten the best found before them (wrong stops), budget seconds saved by stopping)."""
+    n = wrong = 0
+    saved, best = 0.0, None
+    for s in trace.steps:
+        if s.status == "pruned":
+            n += 1
+            entry = pool.entries.get(s.key)
+            if entry is not None:
+                saved += max(entry.cost_s - s.cost_s, 0.0)
+                if entry.ok and entry.quality is not None and (best is None or entry.quality > best):
+                    wrong += 1
+        elif s.quality is not None:
+            best = s.quality if best is None else max(best, s.quality)
+    return n, wrong, saved
+
+
 def _early_error_rate(traces: list[Trace], fraction: float) -> float | None:
     early = [s for t in traces for s in t.evaluations if s.t_end <= fraction * t.budget_s + 1e-9]
     return sum(1 for s in early if s.error) / len(early) if early else None
@@ -94,6 +112,7 @@ def task_summary(pool: TaskPool, traces: Mapping[str, list[Trace]], zero_shot: s
         curves = np.array([regret_curve(t, pool, grid) for t in ts])
         reach = [time_to_reach(t, zs_target) for t in ts]
         unspent = [unspent_with_candidates(t, pool) for t in ts]
+        pr = [pruning(t, pool) for t in ts]
         skipped: dict[str, int] = {}
         for t in ts:
             for k, v in t.skipped.items():
@@ -119,6 +138,11 @@ def task_summary(pool: TaskPool, traces: Mapping[str, list[Trace]], zero_shot: s
             "time_to_zero_shot_best": float(np.median(reach)),
             "reached_zero_shot_best": sum(1 for r in reach if r <= 1.0) / len(reach),
             "skipped_per_seed": {k: v / len(ts) for k, v in sorted(skipped.items())},
+            # Early stopping: runs stopped, wrong stops (the run would have become the best so far),
+            # and the budget fraction it saved (logged cost - charged cost of the stopped runs).
+            "pruned_per_seed": sum(p[0] for p in pr) / len(ts),
+            "wrongly_pruned_per_seed": sum(p[1] for p in pr) / len(ts),
+            "pruning_saved_fraction": _mean([p[2] / t.budget_s for p, t in zip(pr, ts) if t.budget_s > 0]),
             "stop_reasons": {r: sum(1 for t in ts if t.stop_reason == r) for r in sorted({t.stop_reason for t in ts})},
         }
     out["_zero_shot_final_best"] = zs_target
@@ -127,7 +151,8 @@ def task_summary(pool: TaskPool, traces: Mapping[str, list[Trace]], zero_shot: s
 
 
 AGG_KEYS = ("error_rate", "error_rate_first_25pct", "mean_eval_s", "pareto_count", "energy_kwh", "evaluations_per_seed", "errors_per_seed",
-            "time_to_zero_shot_best", "reached_zero_shot_best", "used_fraction")
+            "time_to_zero_shot_best", "reached_zero_shot_best", "used_fraction", "pruned_per_seed",
+            "wrongly_pruned_per_seed", "pruning_saved_fraction")
 PEERS = ("random", "zero-shot", "optuna-tpe", "knn")
 
 
