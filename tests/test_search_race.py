@@ -277,10 +277,12 @@ def with_curves(records: list[dict], evals_per_epoch: int = 4, seed: int = 0) ->
             n = max(1, n // 3)
             final = 0.2
         pts = []
+        # Steps as the Trainer counts them: the record's planned steps (train_max_steps) x fraction.
+        total = int(r.get("train_max_steps") or 5 * epochs * evals_per_epoch)
         for i in range(1, n + 1):
             frac = i / (epochs * evals_per_epoch)
             v = final * (1 - 0.6 * math.exp(-4 * frac)) + rng.gauss(0, 0.01)
-            common = {"step": 5 * i, "epoch": i / evals_per_epoch, "elapsed_s": rt * frac * 0.95}
+            common = {"step": max(1, round(total * frac)), "epoch": i / evals_per_epoch, "elapsed_s": rt * frac * 0.95}
             pts.append({**common, "kind": "train", "name": "loss", "value": 1.0 - 0.5 * frac})
             pts.append({**common, "kind": "eval", "name": "eval_f1", "value": float(min(max(v, 0.0), 1.0))})
         if r["status"] == "completed":
