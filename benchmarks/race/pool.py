@@ -9,10 +9,9 @@ at the budget's end (it charges the rest of the budget and gives nothing: the bu
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Container, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
