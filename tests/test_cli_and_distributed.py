@@ -79,7 +79,11 @@ def test_doctor_explains_backends():
 
 def test_distributed_run_writes_one_record(tmp_path):
     env = dict(os.environ, XLOG_HOME=str(tmp_path / "home"), XLOG_ENERGY="0", OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    import socket
+    with socket.socket() as sock:  # a free port: two test workers (or another job) may run beside this
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
                         str(HERE / "ddp_run.py"), str(tmp_path)], env=env, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
