@@ -128,6 +128,15 @@ def test_slurm_executor_runs_a_candidate_through_submitit(tmp_path):
     assert recs[0]["status"] in ("completed", "failed", "oom", "timeout")
     logs = list((tmp_path / "out" / "runs" / result.search_id / "submitit").glob("*_log.out"))
     assert logs, "submitit's job folder has no log: the candidate did not run as a submitit job"
+    # Resuming with one executor option keeps the other as recorded (nothing left to run here:
+    # max_evals is reached, so the resume only settles its options).
+    man = tmp_path / "home" / "searches" / f"{result.search_id}.json"
+    again, _ = _search(tmp_path, resume=result.search_id, workers=2)
+    assert len(again.evaluations) == 1 and again.workers == 2
+    assert json.loads(man.read_text())["options"]["executor"]["name"] == "slurm"  # not reset to local
+    _search(tmp_path, resume=result.search_id, executor="local")
+    recorded = json.loads(man.read_text())["options"]["executor"]
+    assert recorded["name"] == "local" and recorded["workers"] == 2  # not reset to 1
 
 
 def test_missing_engine_names_its_extra(tmp_path, monkeypatch):

@@ -172,10 +172,11 @@ def register(main: click.Group) -> None:
     @click.option("--zero-shot", is_flag=True, help="Ignore past experience: uniform start, no estimators.")
     @click.option("--no-energy", is_flag=True, help="Do not meter energy (saves codecarbon's start-up per candidate).")
     @click.option("--plain", is_flag=True, help="Plain line output instead of the live view.")
-    @click.option("--executor", type=click.Choice(["local", "ray", "slurm"]), default="local", show_default=True,
-                  help="Where candidates run: local processes, a Ray cluster, SLURM jobs (submitit).")
-    @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
-                  help="Candidates in flight at once.")
+    @click.option("--executor", type=click.Choice(["local", "ray", "slurm"]), default=None,
+                  help="Where candidates run: local processes, a Ray cluster, SLURM jobs (submitit). "
+                       "[default: local; on --resume: as recorded]")
+    @click.option("--workers", type=click.IntRange(1), default=None,
+                  help="Candidates in flight at once. [default: 1; on --resume: as recorded]")
     @click.option("--gpus-per-candidate", type=click.FloatRange(0), default=None,
                   help="GPUs per candidate (default: 1 for local workers and Ray tasks where there are "
                        "GPUs, 0 for SLURM jobs unless given).")
@@ -197,8 +198,8 @@ def register(main: click.Group) -> None:
                 max_evals: int | None, space_path: str | None, out_dir: str, resume: str | None, seed: int,
                 home: str | None, memory_limit: float | None, population: int, max_train: int | None,
                 max_eval: int | None,
-                max_candidate_time: float | None, zero_shot: bool, no_energy: bool, plain: bool, executor: str,
-                workers: int, gpus_per_candidate: float | None, cpus_per_candidate: float,
+                max_candidate_time: float | None, zero_shot: bool, no_energy: bool, plain: bool, executor: str | None,
+                workers: int | None, gpus_per_candidate: float | None, cpus_per_candidate: float,
                 ray_address: str | None, slurm_partition: str | None, objective: str | None,
                 no_early_stop: bool) -> None:
         """Search model x fine-tuning method x hyperparameters for a text-classification,

@@ -542,7 +542,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
                max_train: int | None = None, max_eval: int | None = None, energy: bool = True,
                max_candidate_s: float | None = None, search_id: str | None = None,
                on_event: Callable[[str, dict[str, Any]], None] | None = None,
-               space: SearchSpace | None = None, executor: str = "local", workers: int = 1,
+               space: SearchSpace | None = None, executor: str | None = None, workers: int | None = None,
                gpus_per_candidate: float | None = None, cpus_per_candidate: float = 1.0,
                ray_address: str | None = None, slurm_partition: str | None = None,
                task: str | None = None, columns: Mapping[str, str] | None = None, objective: str | None = None,
@@ -554,8 +554,10 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
     ``pruned``) when their learning curve cannot beat the incumbent (``xsearch.curves``; a model
     of curves learned from the store, rules while it has too few).
 
-    ``executor`` (local | ray | slurm) and ``workers`` choose where and how many candidates run
-    at once (xsearch.executors); the other executor arguments are resources per candidate.
+    ``executor`` (local | ray | slurm; None: local) and ``workers`` (None: 1) choose where and how
+    many candidates run at once (xsearch.executors); the other executor arguments are resources
+    per candidate. On resume, each of the two that is None is the recorded one; the resources per
+    candidate are the recorded ones when the engine is the recorded one and they are not given.
 
     ``task`` is the task kind (``text-classification``, ``question-answering``, ``causal-lm``;
     ``xsearch.tasks``): without ``space``/``space_path`` it picks that kind's default space, with
@@ -616,12 +618,17 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         max_candidate_s = opts.get("max_candidate_s")
         early_stop = bool(opts.get("early_stop", True)) and early_stop
         recorded = opts.get("executor") or {}
-        if executor == "local" and workers == 1 and recorded:  # not given again: as recorded
-            executor, workers = recorded.get("name", "local"), int(recorded.get("workers", 1))
-            gpus_per_candidate = recorded.get("gpus_per_candidate", gpus_per_candidate)
-            cpus_per_candidate = recorded.get("cpus_per_candidate", cpus_per_candidate)
-            ray_address = recorded.get("ray_address", ray_address)
-            slurm_partition = recorded.get("slurm_partition", slurm_partition)
+        # Each executor option not given again is as recorded (--workers 4 alone keeps the engine,
+        # --executor ray alone keeps the workers); resources per candidate follow the engine.
+        executor = executor if executor is not None else recorded.get("name", "local")
+        workers = workers if workers is not None else int(recorded.get("workers", 1))
+        if executor == recorded.get("name", "local"):
+            if gpus_per_candidate is None:
+                gpus_per_candidate = recorded.get("gpus_per_candidate")
+            if cpus_per_candidate == 1.0:
+                cpus_per_candidate = recorded.get("cpus_per_candidate", cpus_per_candidate)
+            ray_address = ray_address if ray_address is not None else recorded.get("ray_address")
+            slurm_partition = slurm_partition if slurm_partition is not None else recorded.get("slurm_partition")
         out_dir = opts["out_dir"] if out_dir == "xsearch-out" else out_dir
         space = SearchSpace.from_dict(man["space"])
         initial = _dist_from_json(man["initial_distribution"])
@@ -644,6 +651,8 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         initial, used_before_s, used_before_kwh, skipped_before, similar = None, 0.0, 0.0, Counter(), []
         man = {}
         objective = objective or "quality"
+    executor = executor or "local"
+    workers = int(workers) if workers is not None else 1
 
     kind = get_task_kind(space.task_type)
     cols = dict(columns or {})
