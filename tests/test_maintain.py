@@ -159,10 +159,29 @@ def test_read_only_token_and_closed_pr(hub, tmp_path, make_records, monkeypatch)
     assert code == 0 and "no open pull request" in out, out
     code, out = _xlog(maint, "hf_maint", "merge", REPO, "1", monkeypatch=monkeypatch)
     assert code == 1 and "the pull request is closed" in out, out
-    # A later push of bob opens a new PR: the closed one is not reused.
+    # A later push of bob opens a new PR: the closed one is not reused, its records are named
+    # (not on the remote) and not sent again unless bob asks.
     LocalStore(bob).write_many(make_records(1, seed=12))
     code, out = _xlog(bob, "hf_bob", "push", "--remote", REPO, "-q", "--create-pr", monkeypatch=monkeypatch)
     assert code == 0 and "opened pull request #2" in out, out
+    assert "pull request #1 was closed without merging: 2 of your record(s)" in out and "--resend-closed" in out, out
+    assert "pushed 1 record(s)" in out, out
+    code, out = _xlog(bob, "hf_bob", "push", "--remote", REPO, "-q", "--create-pr", "--resend-closed",
+                      monkeypatch=monkeypatch)
+    assert code == 0 and "sending its 2 record(s) again" in out and "pushed 2 record(s)" in out, out
+    assert "added to your open pull request #2" in out, out
+    code, out = _xlog(bob, "hf_bob", "push", "--remote", REPO, "-q", "--create-pr", monkeypatch=monkeypatch)
+    assert code == 0 and "nothing to push" in out and "closed without merging" not in out, out
+    # Merged, bob's three records reach main: nothing of the closed PR is left out.
+    code, out = _xlog(maint, "hf_maint", "merge", REPO, "2", monkeypatch=monkeypatch)
+    assert code == 0, out
+    code, out = _xlog(maint, "hf_maint", "pull", "--remote", REPO, "-q", monkeypatch=monkeypatch)
+    assert code == 0, out
+    bob_ids = {r["record_id"] for r in LocalStore(bob).records()}
+    from xsearch.db import connect
+    con = connect(maint)
+    on_main = {r[0] for r in con.execute("SELECT record_id FROM experiences").fetchall()}
+    assert bob_ids <= on_main
     # --create-pr on a directory is a usage error; review of a directory says PRs are Hub-only.
     code, out = _xlog(bob, "hf_bob", "push", "--remote", str(tmp_path / "shared"), "--create-pr",
                       monkeypatch=monkeypatch)

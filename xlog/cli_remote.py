@@ -83,10 +83,13 @@ def register(main: click.Group) -> None:
     @click.option("--create-pr", is_flag=True,
                   help="Push through a pull request on the Hub dataset (for contributors without write access; "
                        "done automatically when the token cannot write). Later pushes add to the same open PR.")
+    @click.option("--resend-closed", is_flag=True,
+                  help="Send again your records of pull requests a maintainer closed without merging (in a new "
+                       "pull request).")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
     @click.pass_obj
     def push_cmd(store: LocalStore, remote_spec: str | None, private: bool, dry_run: bool,
-                 contributor: str | None, anonymous: bool, create_pr: bool, quiet: bool) -> None:
+                 contributor: str | None, anonymous: bool, create_pr: bool, resend_closed: bool, quiet: bool) -> None:
         """Publish the local records that are not on REMOTE yet, in one commit.
 
         Records the remote already holds are not sent again, even when the ledger
@@ -108,7 +111,14 @@ def register(main: click.Group) -> None:
                                    "only")
         with _cli_errors():
             res = push(remote, store, private=private, dry_run=dry_run, contributor=who,
-                       progress=not quiet, log=click.echo)
+                       progress=not quiet, resend_closed=resend_closed, log=click.echo)
+        for num, n in sorted(res.closed_unmerged.items()):
+            if resend_closed:
+                click.echo(f"pull request #{num} was closed without merging: sending its {n} record(s) again")
+            else:
+                click.echo(click.style("note ", fg="yellow") + f"your pull request #{num} was closed without merging: "
+                           f"{n} of your record(s) in it are not on {remote.key} (see the pull request's comments); "
+                           "`xlog push --resend-closed` sends them again in a new pull request")
         for name in res.invalid:
             click.echo(click.style("quarantined ", fg="yellow") + f"{name} (invalid, not pushed; kept in "
                        f"{store.quarantine_dir})", err=True)

@@ -193,6 +193,30 @@ class Ledger:
         return self._run(lambda con: {r[0] for r in con.execute(
             "SELECT path FROM remote_files WHERE remote = ?", (remote_key,))})
 
+    def ids_in_files(self, remote_key: str, paths: Iterable[str]) -> dict[str, list[str]]:
+        """The record ids the ledger holds for each of ``paths`` (those it knows)."""
+        paths = list(paths)
+
+        def query(con: sqlite3.Connection) -> dict[str, list[str]]:
+            out: dict[str, list[str]] = {}
+            for i in range(0, len(paths), 500):
+                chunk = paths[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                for path, rid in con.execute(f"SELECT path, record_id FROM pushed WHERE remote = ? AND path IN ({marks})",
+                                             (remote_key, *chunk)):
+                    out.setdefault(path, []).append(rid)
+            return out
+        return self._run(query)
+
+    def forget_files(self, remote_key: str, paths: Iterable[str]) -> None:
+        """Forget remote files and the record ids pushed in them (a pull request closed without
+        merging took them away): the next push sends those records again."""
+        rows = [(remote_key, p) for p in paths]
+        self._run(lambda con: self._transaction(con, [
+            ("DELETE FROM pushed WHERE remote = ? AND path = ?", rows),
+            ("DELETE FROM remote_files WHERE remote = ? AND path = ?", rows),
+        ]))
+
     def pending(self, remote_key: str) -> dict[str, list[str]]:
         return self._run(lambda con: {p: json.loads(ids) for p, ids in con.execute(
             "SELECT path, record_ids FROM pending WHERE remote = ?", (remote_key,))})

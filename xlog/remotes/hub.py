@@ -333,6 +333,15 @@ class HubRemote(Remote):
                 discussion_status="open")]
         return self._call("list the pull requests of", listing, retry=True)
 
+    def closed_push_prs(self) -> list[PullRequest]:
+        """This user's pull requests opened by ``xlog push`` that were closed without merging."""
+        def listing() -> list[PullRequest]:
+            return [self._pr(d) for d in self.api.get_repo_discussions(
+                self.repo_id, repo_type="dataset", author=self._whoami(), discussion_type="pull_request",
+                discussion_status="closed")]
+        return [pr for pr in self._call("list the pull requests of", listing, retry=True)
+                if pr.status == "closed" and pr.title.startswith(PR_TITLE_PREFIX)]
+
     def my_open_pr(self) -> PullRequest | None:
         """This user's newest open PR that ``xlog push`` opened, if any."""
         for pr in self.open_prs(author=self._whoami()):

@@ -62,6 +62,10 @@ class PushResult:
     already_on_remote_records: int = 0  # local records not in the ledger found on the remote: not sent
     remote_files_read: int = 0  # remote data files whose record ids were read to plan this push
     recovered_records: int = 0  # records of a pending push confirmed on the remote
+    # Your pull requests closed without merging: PR number -> your records in them that are not on
+    # the remote (sent again by ``resend_closed``; then in ``resent_records`` too).
+    closed_unmerged: dict[int, int] = field(default_factory=dict)
+    resent_records: int = 0
     invalid: list[str] = field(default_factory=list)  # quarantined local files
     scrubbed: list[str] = field(default_factory=list)  # "record <id>: <field>: ..." scrubbed in the pushed copy
     commit: str | None = None
@@ -172,8 +176,12 @@ def _on_remote(remote: Remote, ledger: Ledger, listing: dict[str, int], records:
 
 def push(remote: Remote, store: LocalStore | None = None, *, private: bool = False, dry_run: bool = False,
          contributor: Any = KEEP, progress: bool = True, rows_per_file: int = L.ROWS_PER_FILE,
-         log: Callable[[str], None] = lambda s: None) -> PushResult:
-    """Publish the local records that are not yet on ``remote`` (see the module docstring)."""
+         resend_closed: bool = False, log: Callable[[str], None] = lambda s: None) -> PushResult:
+    """Publish the local records that are not yet on ``remote`` (see the module docstring).
+
+    On a Hub dataset, records this user pushed through a pull request that a maintainer closed
+    without merging are not on the remote: the push says so (``closed_unmerged``) and, with
+    ``resend_closed``, sends them again (in a new pull request)."""
     store = store or LocalStore()
     ledger = Ledger(store.root)
     result = PushResult(remote=remote.key, dry_run=dry_run)
@@ -191,6 +199,15 @@ def push(remote: Remote, store: LocalStore | None = None, *, private: bool = Fal
                 result.recovered_records = sum(len(pending[p]) for p in landed)
                 log(f"resumed an interrupted push: {len(landed)} of {len(pending)} file(s) had landed")
         pushed = ledger.pushed_ids(remote.key)
+        closed = _closed_unmerged(remote, ledger, log)
+        for num, ids_by_file in closed.items():
+            ids = {rid for rids in ids_by_file.values() for rid in rids}
+            result.closed_unmerged[num] = len(ids)
+            if resend_closed:
+                pushed -= ids
+                result.resent_records += len(ids)
+                if not dry_run:
+                    ledger.forget_files(remote.key, ids_by_file)
         records = _read_candidates(store, pushed, progress, result)
         if records:
             if listing is None:
@@ -227,6 +244,33 @@ def push(remote: Remote, store: LocalStore | None = None, *, private: bool = Fal
         result.uploaded_files = len(to_send)
         result.uploaded_records = result.new_records = n
     return result
+
+
+def _closed_unmerged(remote: Remote, ledger: Ledger, log: Callable[[str], None]) -> dict[int, dict[str, list[str]]]:
+    """For each of this user's push PRs closed without merging: its data files that the ledger
+    counts as pushed but main does not hold -> their record ids (Hub remotes only)."""
+    finder = getattr(remote, "closed_push_prs", None)
+    if finder is None:
+        return {}
+    try:
+        prs = finder()
+        if not prs:
+            return {}
+        known = ledger.known_files(remote.key)
+        there = set(remote.list_files_at("main"))
+        mine = remote.my_open_pr()  # a file sent again sits in the open PR under the same name
+        if mine is not None:
+            there |= set(remote.list_files_at(mine.ref))
+        out: dict[int, dict[str, list[str]]] = {}
+        for pr in prs:
+            paths = [p for p in remote.list_files_at(pr.ref) if p in known and p not in there]
+            ids = ledger.ids_in_files(remote.key, paths)
+            if ids:
+                out[pr.num] = ids
+        return out
+    except RemoteError as exc:  # never a reason to fail a push: what it sends is planned from main
+        log(f"could not check your closed pull requests on {remote.key} ({exc})")
+        return {}
 
 
 def _listing(remote: Remote, dry_run: bool, log: Callable[[str], None]) -> dict[str, int]:
