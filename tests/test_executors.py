@@ -134,9 +134,12 @@ def test_slurm_executor_runs_a_candidate_through_submitit(tmp_path):
     again, _ = _search(tmp_path, resume=result.search_id, workers=2)
     assert len(again.evaluations) == 1 and again.workers == 2
     assert json.loads(man.read_text())["options"]["executor"]["name"] == "slurm"  # not reset to local
-    _search(tmp_path, resume=result.search_id, executor="local")
-    recorded = json.loads(man.read_text())["options"]["executor"]
-    assert recorded["name"] == "local" and recorded["workers"] == 2  # not reset to 1
+    _search(tmp_path, resume=result.search_id, executor="local", exclude_sources=["pr:7"])
+    recorded = json.loads(man.read_text())["options"]
+    assert recorded["executor"]["name"] == "local" and recorded["executor"]["workers"] == 2  # not reset to 1
+    assert recorded["exclude_sources"] == ["pr:7"]  # given on resume: replaces the recorded (none)
+    _search(tmp_path, resume=result.search_id)
+    assert json.loads(man.read_text())["options"]["exclude_sources"] == ["pr:7"]  # not given: as recorded
 
 
 def test_missing_engine_names_its_extra(tmp_path, monkeypatch):

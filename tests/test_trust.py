@@ -369,6 +369,14 @@ def test_provenance_is_queryable_and_filterable(hub_env, tmp_path, make_records)
                                             f"pr:{pr}", "SELECT record_id FROM experiences"])
     assert out.exit_code == 0, out.output
     assert {r["record_id"] for r in json.loads(out.output)} == {r["record_id"] for r in mine + local}
+    # The search learns from what the reader trusts: the same patterns on `xsearch run`.
+    from xsearch.estimators import load_experiences
+    from xsearch.runner import _experience_model
+    trusted = {r["record_id"] for r in mine + local}
+    assert set(load_experiences(reader.root, [f"pr:{pr}"])["record_id"]) == trusted
+    exp, _ = _experience_model(reader.root, "xs-test", False, exclude_sources=[f"pr:{pr}"])
+    assert set(exp["record_id"]) == trusted
+    assert set(load_experiences(reader.root)["record_id"]) == trusted | {r["record_id"] for r in theirs}
 
 
 # ---- the content hash ---------------------------------------------------------------------------------------

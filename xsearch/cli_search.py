@@ -172,6 +172,10 @@ def register(main: click.Group) -> None:
     @click.option("--zero-shot", is_flag=True, help="Ignore past experience: uniform start, no estimators.")
     @click.option("--no-energy", is_flag=True, help="Do not meter energy (saves codecarbon's start-up per candidate).")
     @click.option("--plain", is_flag=True, help="Plain line output instead of the live view.")
+    @click.option("--exclude-source", "exclude_sources", multiple=True, metavar="PATTERN",
+                  help="Do not learn from the records of matching sources (repeatable; as `xsearch sql "
+                       "--exclude-source`: a glob on a pulled file's path or on its remote, a commit prefix, "
+                       "pr:N). [default on --resume: as recorded]")
     @click.option("--executor", type=click.Choice(["local", "ray", "slurm"]), default=None,
                   help="Where candidates run: local processes, a Ray cluster, SLURM jobs (submitit). "
                        "[default: local; on --resume: as recorded]")
@@ -201,7 +205,7 @@ def register(main: click.Group) -> None:
                 max_candidate_time: float | None, zero_shot: bool, no_energy: bool, plain: bool, executor: str | None,
                 workers: int | None, gpus_per_candidate: float | None, cpus_per_candidate: float,
                 ray_address: str | None, slurm_partition: str | None, objective: str | None,
-                no_early_stop: bool) -> None:
+                no_early_stop: bool, exclude_sources: tuple[str, ...]) -> None:
         """Search model x fine-tuning method x hyperparameters for a text-classification,
         question-answering or causal-LM task within a budget; every candidate is a real
         fine-tuning recorded in the store."""
@@ -240,7 +244,7 @@ def register(main: click.Group) -> None:
                 max_candidate_s=cand_s, on_event=on_event, executor=executor, workers=workers,
                 gpus_per_candidate=gpus_per_candidate, cpus_per_candidate=cpus_per_candidate,
                 ray_address=ray_address, slurm_partition=slurm_partition, objective=objective,
-                early_stop=not no_early_stop)
+                early_stop=not no_early_stop, exclude_sources=list(exclude_sources) or None)
         except (DataError, SpaceError, EvaluatorError, FileNotFoundError, XSearchError) as exc:
             raise click.ClickException(str(exc)) from None
         finally:

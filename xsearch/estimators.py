@@ -52,7 +52,7 @@ import warnings
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -91,12 +91,19 @@ def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return df
 
 
-def load_experiences(home: str | Path | None = None) -> pd.DataFrame:
+def load_experiences(home: str | Path | None = None, exclude_sources: Sequence[str] = ()) -> pd.DataFrame:
     """All experience records under an XLOG_HOME (one row per run, record columns): the local
-    store and every pulled mirror, through the DuckDB ``experiences`` view of ``xsearch.db``."""
+    store and every pulled mirror, through the DuckDB ``experiences`` view of ``xsearch.db``,
+    less the files of the sources ``exclude_sources`` matches (``xsearch.db.source_matches``)."""
     from . import db
     # Our own query over the whole store: no time limit (the limits are for untrusted SQL).
-    return db.to_pandas("SELECT * FROM experiences", home, timeout_s=None)
+    if not exclude_sources:
+        return db.to_pandas("SELECT * FROM experiences", home, timeout_s=None)
+    con = db.connect(home, exclude_sources=list(exclude_sources))
+    try:
+        return db.to_pandas("SELECT * FROM experiences", con=con, timeout_s=None)
+    finally:
+        con.close()
 
 
 def default_path(home: str | Path | None = None) -> Path:

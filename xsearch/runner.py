@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -419,7 +419,7 @@ def _task_features(task: Any, space: SearchSpace, kind: Any = None) -> dict[str,
 
 
 def _experience_model(store_root: Any, search_id: str, use_estimators: bool,
-                      quality_metric: str | None = None) -> tuple[pd.DataFrame, Any]:
+                      quality_metric: str | None = None, exclude_sources: Sequence[str] = ()) -> tuple[pd.DataFrame, Any]:
     """Past experience (without this search's own records) and estimators fitted on it; quality is
     learned on the search's own metric family (``quality_metric``: the task kind's primary
     metric), never on another (an F1 store teaches a causal-LM search cost and failure only)."""
@@ -429,7 +429,7 @@ def _experience_model(store_root: Any, search_id: str, use_estimators: bool,
         log.warning("estimators unavailable (%s): zero-shot search without predictions", exc)
         return pd.DataFrame(), None
     try:
-        exp = load_experiences(store_root)
+        exp = load_experiences(store_root, exclude_sources)
     except Exception as exc:  # e.g. a DuckDB problem: the local Parquet store is enough here
         log.warning("could not query the experience views (%s: %s); reading the local store directly",
                     type(exc).__name__, exc)
@@ -546,7 +546,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
                gpus_per_candidate: float | None = None, cpus_per_candidate: float = 1.0,
                ray_address: str | None = None, slurm_partition: str | None = None,
                task: str | None = None, columns: Mapping[str, str] | None = None, objective: str | None = None,
-               early_stop: bool = True
+               early_stop: bool = True, exclude_sources: Sequence[str] | None = None
                ) -> tuple[SearchResult, dict[str, Path]]:
     """Run (or resume) a search end to end; returns the result and the paths of the reports.
 
@@ -569,6 +569,10 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
     (``$XLOG_HOME/searches/ID.json``); budget options given here (``budget_s``, ``max_evals``,
     ``energy_budget_kwh``) replace the recorded ones. ``budget_s`` defaults to 300 s (None means
     the default, not 0: a limit that is not a positive number is refused with a ValueError).
+
+    ``exclude_sources``: patterns of sources (``xsearch.db.source_matches``: a glob on a pulled
+    file's path or on its remote, a commit prefix, ``pr:N``) whose records the search does not
+    learn from (estimators, warm start, curves); on resume the recorded ones unless given.
 
     ``objective`` (xsearch.search.OBJECTIVES, default ``quality``; on resume the recorded one
     unless given) says what the incumbent (``best_config.py``) is; every search reports the
@@ -639,6 +643,8 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         similar = man.get("similar_tasks") or []
         warm = bool(opts.get("warm", True))
         objective = objective or opts.get("objective") or "quality"
+        if exclude_sources is None:
+            exclude_sources = opts.get("exclude_sources") or []
     else:
         search_id = search_id or new_search_id()
         budget_s = float(budget_s) if budget_s is not None else 300.0
@@ -653,6 +659,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         objective = objective or "quality"
     executor = executor or "local"
     workers = int(workers) if workers is not None else 1
+    exclude_sources = list(exclude_sources or [])
 
     kind = get_task_kind(space.task_type)
     cols = dict(columns or {})
@@ -693,7 +700,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         from xlog.hardware import probe_hardware
         task_features = _task_features(task, space, kind)
         hardware = probe_hardware()
-        exp, est = _experience_model(store.root, search_id, use_estimators, kind.primary_metric)
+        exp, est = _experience_model(store.root, search_id, use_estimators, kind.primary_metric, exclude_sources)
         emit("status", {"message": f"experience: {len(exp)} past records; estimators "
                         + (f"fitted ({', '.join(est.fitted_targets)})" if est is not None else "not fitted (zero-shot)")})
         seeds: list[Config] = []
@@ -725,7 +732,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
                         "population": population, "max_train": max_train, "max_eval": max_eval, "energy": energy,
                         "max_candidate_s": max_candidate_s, "out_dir": str(Path(out_dir).resolve()), "warm": warm,
                         "objective": objective,
-                        "early_stop": early_stop,
+                        "early_stop": early_stop, "exclude_sources": list(exclude_sources or []),
                         "executor": {"name": executor, **exec_settings.to_dict()}},
             "task_name": task.name, "initial_distribution": _dist_to_json(initial), "similar_tasks": similar,
             "walls": dict(walls), "used_s": used_before_s, "used_kwh": used_before_kwh,
