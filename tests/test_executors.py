@@ -142,6 +142,51 @@ def test_slurm_executor_runs_a_candidate_through_submitit(tmp_path):
     assert json.loads(man.read_text())["options"]["exclude_sources"] == ["pr:7"]  # not given: as recorded
 
 
+def test_sigterm_to_the_driver_cancels_its_slurm_jobs(tmp_path):
+    """``kill`` (or ``scancel``) of the driver cancels its SLURM jobs before it dies: they would
+    otherwise run on, unseen (submitit's local executor stands in for SLURM: cancel = SIGINT)."""
+    pytest.importorskip("submitit")
+    import subprocess
+    import sys
+
+    import psutil
+    out = tmp_path / "out"
+    env = dict(os.environ, XLOG_HOME=str(tmp_path / "home"),
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    proc = subprocess.Popen([sys.executable, "-m", "xsearch.cli", "run", "--data", str(SMS), "--space", str(TINY),
+                             "--out", str(out), "--no-energy", "--plain", "--executor", "slurm", "--budget", "150s",
+                             "--max-train", "120", "--max-candidate-time", "60s", "--seed", "2"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def jobs() -> list[int]:
+        found = []
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                cmd = " ".join(p.info["cmdline"] or [])
+            except psutil.Error:
+                continue
+            if "submitit" in cmd and str(out) in cmd:
+                found.append(p.info["pid"])
+        return found
+    try:
+        deadline = time.monotonic() + 90
+        while not jobs() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert jobs(), "the search submitted no job"
+        time.sleep(1.0)  # the job is running its candidate (a tiny one takes several seconds)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == -signal.SIGTERM  # it still ends as a SIGTERM'd process does
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 20
+    while jobs() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert not jobs(), "a job of the dead driver is still running"
+    folder = next((out / "runs").glob("*/submitit"))
+    assert list(folder.glob("*_submitted.pkl")) and not list(folder.glob("*_result.pkl"))  # cancelled, not finished
+
+
 def test_missing_engine_names_its_extra(tmp_path, monkeypatch):
     import builtins
     real = builtins.__import__

@@ -10,6 +10,7 @@ are told to the algorithm before it asks for anything, so no finished candidate 
 from __future__ import annotations
 
 import inspect
+import os
 import logging
 import time
 from collections import Counter
@@ -534,6 +535,30 @@ def _prepare_models(space: SearchSpace, emit: Callable[[str, dict[str, Any]], No
         emit("status", {"message": f"model {name}: {path}"})
 
 
+def _cancel_on_sigterm(pool: Any) -> Callable[[], None]:
+    """While a search runs in the main thread: a SIGTERM (``kill``, ``scancel`` of the driver's job)
+    first cancels the candidates running elsewhere (Ray tasks, SLURM jobs: they would run on,
+    unseen), then ends the driver as SIGTERM does. Finished candidates are in the store and
+    ``--resume`` goes on from them. Returns what puts the previous handler back."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is None:  # set outside Python: put the default back
+        previous = signal.SIG_DFL
+
+    def handler(signum: int, frame: Any) -> None:
+        try:
+            pool.cancel_in_flight()
+        finally:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
 def run_search(data: str | None = None, text_column: str = "text", label_column: str = "label",
                budget_s: float | None = None, energy_budget_kwh: float | None = None, max_evals: int | None = None,
                space_path: str | None = None, out_dir: str = "xsearch-out", resume: str | None = None,
@@ -695,6 +720,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
             warm_err.append(exc)
     warmer = threading.Thread(target=_warm_up, name="xsearch-warm-up", daemon=True)
     warmer.start()  # the fork server imports torch while this process prepares the search
+    restore_sigterm = _cancel_on_sigterm(pool)
     emit("status", {"message": f"task {task.name}: {len(task.train)} train / {len(task.eval)} validation rows; {task.split_note}"})
     try:
         from xlog.hardware import probe_hardware
@@ -788,6 +814,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         emit("reports", {"paths": paths, "result": result})
         return result, paths
     finally:
+        restore_sigterm()
         pool.close()
         import shutil
         shutil.rmtree(work, ignore_errors=True)

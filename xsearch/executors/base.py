@@ -122,6 +122,12 @@ class SlotExecutor:
         """Best effort; the candidate's outcome still arrives through ``wait``."""
         return None
 
+    def cancel_in_flight(self) -> None:
+        """Stop the candidates running elsewhere (Ray tasks, SLURM jobs) without waiting: the
+        driver is going away. Local candidates need nothing: they watch the driver and record
+        themselves as interrupted when it is gone."""
+        return None
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 

@@ -78,13 +78,16 @@ class RayExecutor(SlotExecutor):
         rec = import_record_bytes(self.store, result["record"])
         return Outcome.from_record(rec, config, wall_s=float(result["wall_s"]))
 
-    def close(self) -> None:
+    def cancel_in_flight(self) -> None:
         ray = _ray()
         for ref in list(self._refs.values()):
             try:
                 ray.cancel(ref, force=True)
             except Exception:
                 pass
+
+    def close(self) -> None:
+        self.cancel_in_flight()
         super().close()
         if self._started_cluster:
-            ray.shutdown()
+            _ray().shutdown()

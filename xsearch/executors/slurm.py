@@ -71,10 +71,13 @@ class SlurmExecutor(SlotExecutor):
         rec = import_record_bytes(self.store, result["record"])
         return Outcome.from_record(rec, config, wall_s=float(result["wall_s"]))
 
-    def close(self) -> None:
+    def cancel_in_flight(self) -> None:
         for sjob in list(self._jobs.values()):
             try:
-                sjob.cancel()
+                sjob.cancel()  # scancel (or, for submitit's local executor, the job's process)
             except Exception:
                 pass
+
+    def close(self) -> None:
+        self.cancel_in_flight()
         super().close()
