@@ -758,7 +758,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
                         "population": population, "max_train": max_train, "max_eval": max_eval, "energy": energy,
                         "max_candidate_s": max_candidate_s, "out_dir": str(Path(out_dir).resolve()), "warm": warm,
                         "objective": objective,
-                        "early_stop": early_stop, "exclude_sources": list(exclude_sources or []),
+                        "early_stop": early_stop, "exclude_sources": exclude_sources,
                         "executor": {"name": executor, **exec_settings.to_dict()}},
             "task_name": task.name, "initial_distribution": _dist_to_json(initial), "similar_tasks": similar,
             "walls": dict(walls), "used_s": used_before_s, "used_kwh": used_before_kwh,

@@ -60,7 +60,8 @@ class PullRequest:
 
 
 def _httpx():
-    # huggingface_hub 2.x talks through httpx2; older releases through httpx.
+    # The HTTP client huggingface_hub raises the errors of: httpx2 from 2.0, httpx in 1.x (each a
+    # requirement of that huggingface_hub, whose floor in pyproject.toml is 1.0).
     try:
         import httpx2 as httpx
     except ImportError:  # pragma: no cover

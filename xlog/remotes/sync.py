@@ -256,15 +256,13 @@ def _closed_unmerged(remote: Remote, ledger: Ledger, log: Callable[[str], None])
         prs = finder()
         if not prs:
             return {}
-        known = ledger.known_files(remote.key)
         there = set(remote.list_files_at("main"))
         mine = remote.my_open_pr()  # a file sent again sits in the open PR under the same name
         if mine is not None:
             there |= set(remote.list_files_at(mine.ref))
         out: dict[int, dict[str, list[str]]] = {}
         for pr in prs:
-            paths = [p for p in remote.list_files_at(pr.ref) if p in known and p not in there]
-            ids = ledger.ids_in_files(remote.key, paths)
+            ids = ledger.ids_in_files(remote.key, [p for p in remote.list_files_at(pr.ref) if p not in there])
             if ids:
                 out[pr.num] = ids
         return out
