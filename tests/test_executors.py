@@ -131,9 +131,11 @@ def test_slurm_executor_runs_a_candidate_through_submitit(tmp_path):
     # Resuming with one executor option keeps the other as recorded (nothing left to run here:
     # max_evals is reached, so the resume only settles its options).
     man = tmp_path / "home" / "searches" / f"{result.search_id}.json"
-    again, _ = _search(tmp_path, resume=result.search_id, workers=2)
+    again, _ = _search(tmp_path, resume=result.search_id, workers=2, cpus_per_candidate=2.0)
     assert len(again.evaluations) == 1 and again.workers == 2
     assert json.loads(man.read_text())["options"]["executor"]["name"] == "slurm"  # not reset to local
+    _search(tmp_path, resume=result.search_id, cpus_per_candidate=1.0)  # the default value, given
+    assert json.loads(man.read_text())["options"]["executor"]["cpus_per_candidate"] == 1.0  # given: not the recorded 2
     _search(tmp_path, resume=result.search_id, executor="local", exclude_sources=["pr:7"])
     recorded = json.loads(man.read_text())["options"]
     assert recorded["executor"]["name"] == "local" and recorded["executor"]["workers"] == 2  # not reset to 1

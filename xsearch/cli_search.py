@@ -184,8 +184,8 @@ def register(main: click.Group) -> None:
     @click.option("--gpus-per-candidate", type=click.FloatRange(0), default=None,
                   help="GPUs per candidate (default: 1 for local workers and Ray tasks where there are "
                        "GPUs, 0 for SLURM jobs unless given).")
-    @click.option("--cpus-per-candidate", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
-                  help="CPUs reserved per candidate (Ray, SLURM).")
+    @click.option("--cpus-per-candidate", type=click.FloatRange(0, min_open=True), default=None,
+                  help="CPUs reserved per candidate (Ray, SLURM). [default: 1; on --resume: as recorded]")
     @click.option("--ray-address", default=None, metavar="ADDRESS",
                   help="Ray cluster: auto or ray://host:port (default: start a local cluster for the run).")
     @click.option("--slurm-partition", default=None, help="SLURM partition of the candidates' jobs.")
@@ -203,7 +203,7 @@ def register(main: click.Group) -> None:
                 home: str | None, memory_limit: float | None, population: int, max_train: int | None,
                 max_eval: int | None,
                 max_candidate_time: float | None, zero_shot: bool, no_energy: bool, plain: bool, executor: str | None,
-                workers: int | None, gpus_per_candidate: float | None, cpus_per_candidate: float,
+                workers: int | None, gpus_per_candidate: float | None, cpus_per_candidate: float | None,
                 ray_address: str | None, slurm_partition: str | None, objective: str | None,
                 no_early_stop: bool, exclude_sources: tuple[str, ...]) -> None:
         """Search model x fine-tuning method x hyperparameters for a text-classification,

@@ -568,7 +568,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
                max_candidate_s: float | None = None, search_id: str | None = None,
                on_event: Callable[[str, dict[str, Any]], None] | None = None,
                space: SearchSpace | None = None, executor: str | None = None, workers: int | None = None,
-               gpus_per_candidate: float | None = None, cpus_per_candidate: float = 1.0,
+               gpus_per_candidate: float | None = None, cpus_per_candidate: float | None = None,
                ray_address: str | None = None, slurm_partition: str | None = None,
                task: str | None = None, columns: Mapping[str, str] | None = None, objective: str | None = None,
                early_stop: bool = True, exclude_sources: Sequence[str] | None = None
@@ -654,8 +654,8 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         if executor == recorded.get("name", "local"):
             if gpus_per_candidate is None:
                 gpus_per_candidate = recorded.get("gpus_per_candidate")
-            if cpus_per_candidate == 1.0:
-                cpus_per_candidate = recorded.get("cpus_per_candidate", cpus_per_candidate)
+            if cpus_per_candidate is None:
+                cpus_per_candidate = recorded.get("cpus_per_candidate")
             ray_address = ray_address if ray_address is not None else recorded.get("ray_address")
             slurm_partition = slurm_partition if slurm_partition is not None else recorded.get("slurm_partition")
         out_dir = opts["out_dir"] if out_dir == "xsearch-out" else out_dir
@@ -684,6 +684,7 @@ def run_search(data: str | None = None, text_column: str = "text", label_column:
         objective = objective or "quality"
     executor = executor or "local"
     workers = int(workers) if workers is not None else 1
+    cpus_per_candidate = float(cpus_per_candidate) if cpus_per_candidate is not None else 1.0
     exclude_sources = list(exclude_sources or [])
 
     kind = get_task_kind(space.task_type)
