@@ -4,6 +4,7 @@ deterministic and stratified, and the committed records are schema-valid, privat
 to a task and a configuration."""
 from __future__ import annotations
 
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -179,6 +180,15 @@ def test_v2_plan_is_round_robin_in_chunks_with_repeats_early(v2):
         by_config.setdefault(base, []).append(order[i][2])
     assert len(by_config) == len(rep["configs"])
     assert all(len(v) == rep["times"] and all(c == v[0] for c in v) for v in by_config.values())
+
+
+def test_v2_harnesses_on_task_halves_keep_each_others_tasks_in_the_manifest(tmp_path):
+    path = tmp_path / "manifest.json"
+    md_v2._merge_manifest(path, {"sst2": {"n_train": 200}, "liar": {"n_train": 200}})
+    md_v2._merge_manifest(path, {"trec_coarse": {"n_train": 200}, "liar": {"n_train": 150}})
+    assert json.loads(path.read_text()) == {"sst2": {"n_train": 200}, "liar": {"n_train": 150},
+                                            "trec_coarse": {"n_train": 200}}
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temp file left
 
 
 def test_v2_run_records_curve_cpu_time_and_failures_then_exports(tmp_path):

@@ -245,6 +245,16 @@ class Harness:
         return self._defaults[task]
 
 
+def _merge_manifest(path: Path, tasks: dict[str, Any]) -> None:
+    """Add this harness's tasks to the manifest the export reads: harnesses on other halves of the
+    tasks (``--tasks``) keep theirs (written whole, it held only the last harness's tasks)."""
+    merged = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    merged.update(tasks)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(merged, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Build the xlog meta-dataset v2 (sampled configurations, learning curves).")
     ap.add_argument("--version", type=int, default=2, help=argparse.SUPPRESS)
@@ -289,11 +299,11 @@ def main(argv: list[str] | None = None) -> int:
             print(task, sid, cfg["model_name"], cfg["ft_method"], cfg["train_learning_rate"], cfg["train_epochs"],
                   cfg["train_batch_size"], cfg["train_max_seq_length"])
         return 0
+    manifest = prepare_tasks(a.data_dir, cache / "v2", specs)
+    _merge_manifest(cache / "v2" / "tasks" / "manifest.json", manifest)
     if not todo:
         return 0
     from models import prepare_all
-    manifest = prepare_tasks(a.data_dir, cache / "v2", specs)
-    (cache / "v2" / "tasks" / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     prepare_all(cache, sorted({c["model_name"] for _, _, c in todo if not c["model_name"].startswith("tiny:")}))
     cpu_limit = a.cpu_limit_s if a.cpu_limit_s is not None else settings.get("cpu_limit_s")
     harness = Harness(store, space, settings, cache, a.timeout_s or float(settings["timeout_s"]),
