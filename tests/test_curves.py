@@ -153,6 +153,12 @@ def test_learned_prediction_overrides_the_rules_and_rules_apply_without_experien
     rising = flat[:5] + [(0.6, 0.68, 6.0, 6)]  # +0.08 in the last 10 %: may still get there
     assert should_stop(rules, rising) is None
     assert should_stop(StopSpec(incumbent=None), flat) is None  # no incumbent: never
+    # One evaluation that dips is not enough (patience 2): the verdict must hold at the one before.
+    done = CurveModel().fit(_synthetic(30, gain=0.0))
+    spec = StopSpec(incumbent=0.75, model=done.to_dict())
+    dip = [(0.1, 0.74, 1.0, 1), (0.2, 0.74, 2.0, 2), (0.3, 0.5, 3.0, 3)]
+    assert should_stop(spec, dip) is None and should_stop(StopSpec(incumbent=0.75, model=done.to_dict(), patience=1), dip)
+    assert "2 evaluations in a row" in should_stop(spec, dip + [(0.4, 0.5, 4.0, 4)])
     # Learned: such curves still gain 0.2 from half-way, so 0.6 -> ~0.8 beats 0.75: go on...
     late = CurveModel().fit(_synthetic(30, gain=0.2))
     assert should_stop(StopSpec(incumbent=0.75, model=late.to_dict()), flat) is None
@@ -164,8 +170,11 @@ def test_learned_prediction_overrides_the_rules_and_rules_apply_without_experien
     rec = {"status": "completed", "train_max_steps": 10, "curve": [
         {"step": s, "epoch": s / 10, "elapsed_s": 2.0 * s, "kind": "eval", "name": "eval_f1", "value": 0.6}
         for s in range(1, 11)]}
-    stop = replay_stop(rec, rules)
-    assert (stop.step, stop.elapsed_s, stop.fraction) == (5, 10.0, 0.5)
+    stop = replay_stop(rec, rules)  # the rule says stop from 50 %; confirmed at the next evaluation
+    assert (stop.step, stop.elapsed_s, stop.fraction) == (6, 12.0, 0.6)
+    assert "2 evaluations in a row" in stop.reason
+    once = replay_stop(rec, StopSpec(incumbent=0.75, patience=1))
+    assert (once.step, once.elapsed_s, once.fraction) == (5, 10.0, 0.5)
     assert eval_series(rec["curve"], max_steps=10)[-1] == (1.0, 0.6, 20.0, 10)
 
 
@@ -266,7 +275,10 @@ def test_without_early_stopping_the_doomed_candidate_runs_to_its_end(searches):
     assert len([p for p in r["curve"] if p["name"] == "eval_f1"]) == 2  # one evaluation per epoch
 
 
-def test_replay_stops_from_logged_curves_and_charges_the_partial_time(searches):
+def test_replay_stops_from_logged_curves_and_charges_the_partial_time(searches, monkeypatch):
+    import functools
+
+    import xsearch.search
     from xsearch.replay import ReplayEvaluator
     from xsearch.runner import own_records, run_loop
     from xsearch.search import SearchSettings
@@ -274,7 +286,11 @@ def test_replay_stops_from_logged_curves_and_charges_the_partial_time(searches):
     logged = store.records()  # the pruned run of es-on is not replayed: es-off's full run of it is
     rep = ReplayEvaluator(logged, space)
     good, (doomed,) = on.outcomes[0], off.outcomes
-    spec = StopSpec(incumbent=good.quality).to_dict()
+    # es-off's run was evaluated once per epoch: one evaluation before its end, so a stop there
+    # cannot be confirmed by a second one (patience 2, the default): these replays ask at patience 1.
+    assert rep.evaluate(dict(doomed.config), 1e9, early_stop=StopSpec(incumbent=good.quality).to_dict()).status == "completed"
+    monkeypatch.setattr(xsearch.search, "StopSpec", functools.partial(StopSpec, patience=1))
+    spec = StopSpec(incumbent=good.quality, patience=1).to_dict()
     out = rep.evaluate(dict(doomed.config), 1e9, early_stop=spec)
     (rec,) = [r for r in logged if r["record_id"] == doomed.record_id]
     stop = [p for p in rec["curve"] if p["name"] == "eval_f1"][0]  # the first epoch's evaluation: 50 %
