@@ -103,7 +103,10 @@ def run_contestant(name: str, executor: str, workers: int, task: Any, task_dir: 
                        task_name=task.name, seed=0, energy=False, work_dir=work / "runs", record_defaults=defaults)
     getattr(ex, "warm_up", lambda: None)()
     startup = time.monotonic() - t0
-    ss = SearchSettings(budget_s=3600.0, max_evals=len(cands), population=4, seed=0, max_candidate_s=600.0)
+    # No early stopping: which run is stopped depends on the incumbent when it is asked, i.e. on the
+    # order runs finish, which the engines change; every engine must train the same work.
+    ss = SearchSettings(budget_s=3600.0, max_evals=len(cands), population=4, seed=0, max_candidate_s=600.0,
+                        early_stop=False)
     search = EvolutionarySearch(space, ss, candidates=cands)
     per_gpu = 1.0 if any(g for g in getattr(ex, "gpus", []) if g) else 0.0
     loop = ParallelLoop(search, ex, ss, search_id, gpus_per_candidate=per_gpu, poll_s=0.1)
@@ -212,8 +215,9 @@ def main() -> None:
           "workers fork a server that imported it once); load = 1-min load average before-after.")
     for r in rows:
         if r["error_types"]:
-            print(f"{r['contestant']}: records with errors {r['error_types']} (ExecutorError: the engine lost the "
-                  "candidate, e.g. its worker process was killed; it is still recorded once)")
+            lost = " (ExecutorError: the engine lost the candidate, e.g. its worker process was killed; it is " \
+                "still recorded once)" if "ExecutorError" in r["error_types"] else ""
+            print(f"{r['contestant']}: records with errors {r['error_types']}{lost}")
     import torch
     doc = {
         "benchmark": "parallel", "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
