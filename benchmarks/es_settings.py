@@ -12,7 +12,6 @@ benchmarks/results/es_settings_v2.json. The chosen values are StopSpec's default
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
@@ -23,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from race.contestants import v2_contestants  # noqa: E402
+from race.contestants import Evolutionary, v2_contestants  # noqa: E402
 from search_race import DATA_V2, SPACE_V2, _jsonable, load_v2, run_race  # noqa: E402
 
 SELECT = ["sst2", "trec_coarse", "ag_news", "sms_spam", "tweeteval_stance_climate", "tweeteval_offensive",
@@ -39,15 +38,10 @@ FIGURES = ("time_to_zero_shot_best", "used_fraction", "pruned_per_seed", "wrongl
 def race(recs: list[dict[str, Any]], space: Any, tasks: list[str], seeds: int, z: float, patience: int
          ) -> dict[str, Any]:
     """The median-task figures of xsearch, zero-shot and xsearch-es with (z, patience)."""
-    import xsearch.search
-    from xsearch.curves import StopSpec
-    base = xsearch.search.StopSpec
-    xsearch.search.StopSpec = functools.partial(StopSpec, z=z, patience=patience)  # what the search hands out
-    try:
-        cs = [c for c in v2_contestants() if c.name in ("zero-shot", "xsearch", "xsearch-es")]
-        res, _ = run_race(recs, space, seeds=seeds, tasks=tasks, contestants=cs)
-    finally:
-        xsearch.search.StopSpec = base
+    cs = [c for c in v2_contestants() if c.name in ("zero-shot", "xsearch")]
+    cs.append(Evolutionary("xsearch-es", warm=True, estimators=True, early_stop=True,
+                           settings={"early_stop_z": z, "early_stop_patience": patience}))
+    res, _ = run_race(recs, space, seeds=seeds, tasks=tasks, contestants=cs)
     agg = res["aggregate"]
     return {n: {"regret_at": agg[n]["regret_at"], **{k: agg[n].get(k) for k in FIGURES}}
             for n in ("zero-shot", "xsearch", "xsearch-es")}

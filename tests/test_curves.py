@@ -275,10 +275,7 @@ def test_without_early_stopping_the_doomed_candidate_runs_to_its_end(searches):
     assert len([p for p in r["curve"] if p["name"] == "eval_f1"]) == 2  # one evaluation per epoch
 
 
-def test_replay_stops_from_logged_curves_and_charges_the_partial_time(searches, monkeypatch):
-    import functools
-
-    import xsearch.search
+def test_replay_stops_from_logged_curves_and_charges_the_partial_time(searches):
     from xsearch.replay import ReplayEvaluator
     from xsearch.runner import own_records, run_loop
     from xsearch.search import SearchSettings
@@ -289,7 +286,6 @@ def test_replay_stops_from_logged_curves_and_charges_the_partial_time(searches, 
     # es-off's run was evaluated once per epoch: one evaluation before its end, so a stop there
     # cannot be confirmed by a second one (patience 2, the default): these replays ask at patience 1.
     assert rep.evaluate(dict(doomed.config), 1e9, early_stop=StopSpec(incumbent=good.quality).to_dict()).status == "completed"
-    monkeypatch.setattr(xsearch.search, "StopSpec", functools.partial(StopSpec, patience=1))
     spec = StopSpec(incumbent=good.quality, patience=1).to_dict()
     out = rep.evaluate(dict(doomed.config), 1e9, early_stop=spec)
     (rec,) = [r for r in logged if r["record_id"] == doomed.record_id]
@@ -299,7 +295,8 @@ def test_replay_stops_from_logged_curves_and_charges_the_partial_time(searches, 
     assert rep.evaluate(dict(doomed.config), 1e9).status == "completed"  # no spec: its logged end
     # A replayed search tells the pruned outcome and charges only its partial time.
     res = run_loop(space, rep, SearchSettings(budget_s=1e5, max_evals=2, population=10, n_seeds=2,
-                                              early_stop_after=1), "replay", seeds=[good.config, doomed.config])
+                                              early_stop_after=1, early_stop_patience=1),
+                   "replay", seeds=[good.config, doomed.config])
     assert [o.status for o in res.outcomes] == ["completed", "pruned"]
     assert res.evaluations[1].charged_s == pytest.approx(stop["elapsed_s"])
     # Pruned logs are not replayed (they have no end).

@@ -10,8 +10,8 @@ are told to the algorithm before it asks for anything, so no finished candidate 
 from __future__ import annotations
 
 import inspect
-import os
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field

@@ -92,6 +92,9 @@ class SearchSettings:
     early_stop: bool = True
     early_stop_after: int = 3
     evals_per_epoch: int = 4
+    # How sure a stop must be: StopSpec's z and patience (their defaults, chosen in benchmarks/es_settings.py).
+    early_stop_z: float = StopSpec.z
+    early_stop_patience: int = StopSpec.patience
     # What the incumbent means (OBJECTIVES). Two-objective: the cheapest run of the front whose
     # quality is within ``knee_tolerance`` of the best quality (``incumbent_of``); generations
     # then pull the distribution towards the front (non-dominated first), not only the best quality.
@@ -681,5 +684,6 @@ class EvolutionarySearch:
             return StopSpec(None, metric=metric, greater_is_better=greater, evals_per_epoch=1).to_dict()
         model = self.curve_model.to_dict() if self.curve_model is not None and self.curve_model.is_fitted else None
         return StopSpec(float(inc.quality), metric=metric, greater_is_better=greater,  # type: ignore[arg-type]
-                        model=model, evals_per_epoch=s.evals_per_epoch,
+                        model=model, evals_per_epoch=s.evals_per_epoch, z=s.early_stop_z,
+                        patience=s.early_stop_patience,
                         extra={"incumbent_record_id": inc.record_id}).to_dict()

@@ -138,7 +138,8 @@ BLOWUP_RATIO = 10.0
 
 def loss_peak_ratio(r: dict[str, Any]) -> float | None:
     """Highest logged training loss over the first one (None without two training-loss points)."""
-    losses = [float(p["value"]) for p in (r.get("curve") or [])
+    from xsearch.curves import curve_points
+    losses = [float(p["value"]) for p in curve_points(r.get("curve"))
               if p.get("kind") == "train" and p.get("name") == "loss" and p.get("value") is not None]
     if len(losses) < 2 or not losses[0] > 0:
         return None
